@@ -1,0 +1,107 @@
+//! Wiring: store → supervisor → HTTP server, and the ordered shutdown.
+//!
+//! `run` takes its listener and shutdown token from the caller, so tests (and the PID-1 and
+//! systemd modes) can drive it. Shutdown order: stop accepting connections, stop every
+//! instance (recording `supervisor_shutdown`), let open responses finish, close the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, Paths};
+use crate::http::{self, AppState};
+use crate::model::{now_ms, Event};
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+
+pub fn prepare_dirs(paths: &Paths) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [
+        &paths.state_dir,
+        &paths.data_dir,
+        &paths.log_dir,
+        &paths.workspace_root,
+        &paths.run_dir,
+    ] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // The run dir holds the tmux socket and output pipes: owner only.
+    std::fs::set_permissions(&paths.run_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", paths.run_dir.display()))?;
+    Ok(())
+}
+
+pub async fn run(
+    cfg: Arc<Config>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let paths = cfg.paths();
+    prepare_dirs(&paths)?;
+    let store = Store::open(&paths.db_path, &cfg.store.synchronous, paths.audit_dir())
+        .with_context(|| format!("opening the store at {}", paths.db_path.display()))?;
+    let sup = Supervisor::start(cfg.clone(), store.clone()).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    write_daemon_file(&paths, &addr.to_string()).context("writing the daemon file")?;
+    store
+        .event(daemon_event("daemon_started", json!({ "addr": addr.to_string(), "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") })))
+        .await?;
+    info!(%addr, state_dir = %paths.state_dir.display(), "corral serving");
+
+    let app = http::router(AppState {
+        sup: sup.clone(),
+        cfg: cfg.clone(),
+        started: Instant::now(),
+    });
+    let stop_accepting = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+            .await
+    });
+
+    shutdown.cancelled().await;
+    info!("shutdown: stopping instances");
+    sup.shutdown(Duration::from_secs_f64(cfg.shutdown.grace_s))
+        .await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "http server error"),
+        Ok(Err(e)) => warn!(error = %e, "http server task failed"),
+        Err(_) => warn!("open HTTP responses did not finish within 5 s; closing them"),
+    }
+    store
+        .event(daemon_event(
+            "daemon_stopped",
+            json!({ "pid": std::process::id() }),
+        ))
+        .await?;
+    let _ = std::fs::remove_file(paths.daemon_file());
+    info!("corral stopped");
+    Ok(())
+}
+
+fn daemon_event(kind: &str, data: serde_json::Value) -> Event {
+    Event {
+        seq: 0,
+        ts: now_ms(),
+        instance_id: None,
+        name: None,
+        kind: kind.into(),
+        data,
+    }
+}
+
+/// `<run_dir>/daemon.json`, written to a `.partial` file and renamed into place.
+fn write_daemon_file(paths: &Paths, addr: &str) -> std::io::Result<()> {
+    let path = paths.daemon_file();
+    let partial = path.with_extension("json.partial");
+    let body =
+        json!({ "addr": addr, "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") });
+    std::fs::write(&partial, body.to_string())?;
+    std::fs::rename(&partial, &path)
+}

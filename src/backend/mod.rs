@@ -1,0 +1,279 @@
+//! Backends start a process in a terminal and split it into three parts that the instance
+//! task uses concurrently: [`Control`] (input, resize, signals), [`Output`] (a byte stream)
+//! and [`ExitWaiter`] (resolves once, with the exit status).
+//!
+//! Both backends put the process in its own session (and so its own process group); signals
+//! go to the group. Nothing here knows about instances, states or HTTP.
+
+pub mod pidfd;
+pub mod pty;
+pub mod tmux;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use portable_pty::MasterPty;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::model::{BackendKind, ExitStatus};
+use pidfd::PidFd;
+use tmux::Tmux;
+
+/// Everything needed to start one process; computed by the supervisor beforehand.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub argv: Vec<String>,
+    /// The complete environment (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub cols: u16,
+    pub rows: u16,
+    /// tmux session name (the instance name).
+    pub session: String,
+}
+
+pub struct Launched {
+    pub pid: i32,
+    pub control: Control,
+    pub output: Output,
+    pub exit: ExitWaiter,
+}
+
+pub enum Control {
+    Pty {
+        /// Behind a mutex only to make `Control` shareable across awaits (it is `!Sync`).
+        master: std::sync::Mutex<Box<dyn MasterPty + Send>>,
+        fd: AsyncFd<OwnedFd>,
+    },
+    Tmux {
+        tmux: Tmux,
+        session: String,
+    },
+}
+
+pub enum Output {
+    Pty(AsyncFd<OwnedFd>),
+    Fifo {
+        rx: pipe::Receiver,
+        /// Our own write end keeps the FIFO from reporting EOF before tmux's `cat` opens it;
+        /// it is dropped at cleanup so the reader then sees EOF once `cat` is gone.
+        keepalive: Option<pipe::Sender>,
+        path: PathBuf,
+    },
+}
+
+pub struct ExitWaiter {
+    pid: i32,
+    pidfd: Option<PidFd>,
+    how: ExitHow,
+}
+
+enum ExitHow {
+    /// Our child: reaped with waitpid(pid). The std Child is kept so it is not dropped early.
+    Child(#[allow(dead_code)] Box<dyn portable_pty::Child + Send + Sync>),
+    /// A tmux pane: tmux reaps it and keeps the status (remain-on-exit).
+    Pane { tmux: Tmux, session: String },
+}
+
+/// Registers an owned fd with the Tokio reactor.
+pub fn register_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // Safety: an OwnedFd is a valid open descriptor that it alone closes, and its
+    // `as_raw_fd` returns the same descriptor for as long as the AsyncFd owns it.
+    unsafe { Ok(AsyncFd::register(fd)?) }
+}
+
+/// Parses a polite-stop signal name.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    match name.trim_start_matches("SIG") {
+        "TERM" => Some(Signal::SIGTERM),
+        "HUP" => Some(Signal::SIGHUP),
+        "INT" => Some(Signal::SIGINT),
+        "QUIT" => Some(Signal::SIGQUIT),
+        _ => None,
+    }
+}
+
+/// Starts `spec` in the given backend. `fifo_dir` holds tmux output pipes.
+pub async fn launch(
+    backend: BackendKind,
+    spec: &LaunchSpec,
+    tmux: &Tmux,
+    fifo_dir: &Path,
+    fifo_name: &str,
+) -> io::Result<Launched> {
+    match backend {
+        BackendKind::Pty => {
+            let s = pty::spawn(spec)?;
+            let pidfd = PidFd::open(s.pid).ok();
+            Ok(Launched {
+                pid: s.pid,
+                control: Control::Pty {
+                    master: std::sync::Mutex::new(s.master),
+                    fd: s.write_fd,
+                },
+                output: Output::Pty(s.read_fd),
+                exit: ExitWaiter {
+                    pid: s.pid,
+                    pidfd,
+                    how: ExitHow::Child(s.child),
+                },
+            })
+        }
+        BackendKind::Tmux => {
+            std::fs::create_dir_all(fifo_dir)?;
+            let path = fifo_dir.join(fifo_name);
+            let _ = std::fs::remove_file(&path);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+            let rx = pipe::OpenOptions::new().open_receiver(&path)?;
+            let keepalive = pipe::OpenOptions::new().open_sender(&path)?;
+            let pid = match tmux.new_session(spec, &path).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            // ESRCH: it already exited and tmux reaped it; the pane status has the answer.
+            let pidfd = PidFd::open(pid).ok();
+            Ok(Launched {
+                pid,
+                control: Control::Tmux {
+                    tmux: tmux.clone(),
+                    session: spec.session.clone(),
+                },
+                output: Output::Fifo {
+                    rx,
+                    keepalive: Some(keepalive),
+                    path,
+                },
+                exit: ExitWaiter {
+                    pid,
+                    pidfd,
+                    how: ExitHow::Pane {
+                        tmux: tmux.clone(),
+                        session: spec.session.clone(),
+                    },
+                },
+            })
+        }
+    }
+}
+
+impl Control {
+    /// Types `text` (and Enter when asked) into the terminal.
+    pub async fn send_text(&self, text: &str, enter: bool) -> io::Result<()> {
+        match self {
+            Control::Pty { fd, .. } => {
+                pty::write_all(fd, text.as_bytes()).await?;
+                if enter {
+                    pty::write_all(fd, b"\r").await?;
+                }
+                Ok(())
+            }
+            Control::Tmux { tmux, session } => {
+                if !text.is_empty() {
+                    tmux.send_literal(session, text).await?;
+                }
+                if enter {
+                    tmux.send_keys(session, &["Enter"]).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        match self {
+            Control::Pty { master, .. } => {
+                let master = master.lock().unwrap_or_else(|p| p.into_inner());
+                pty::resize(master.as_ref(), cols, rows)
+            }
+            Control::Tmux { tmux, session } => tmux.resize(session, cols, rows).await,
+        }
+    }
+
+    /// The visible screen plus history, for backends that keep one (tmux).
+    pub async fn screen(&self, lines: u32) -> Option<String> {
+        match self {
+            Control::Pty { .. } => None,
+            Control::Tmux { tmux, session } => tmux.capture(session, lines).await.ok(),
+        }
+    }
+
+    /// Releases backend resources after the process ended (kills the dead tmux session).
+    pub async fn cleanup(&self) -> io::Result<()> {
+        match self {
+            Control::Pty { .. } => Ok(()),
+            Control::Tmux { tmux, session } => tmux.kill_session(session).await,
+        }
+    }
+
+    pub fn tmux_session(&self) -> Option<&str> {
+        match self {
+            Control::Pty { .. } => None,
+            Control::Tmux { session, .. } => Some(session),
+        }
+    }
+}
+
+impl Output {
+    /// Reads the next chunk; `Ok(0)` at end of stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Output::Pty(fd) => pty::read(fd, buf).await,
+            Output::Fifo { rx, .. } => rx.read(buf).await,
+        }
+    }
+
+    /// After the process ended and the backend was cleaned up: stop keeping the stream open.
+    pub fn close_writer(&mut self) {
+        if let Output::Fifo { keepalive, .. } = self {
+            keepalive.take();
+        }
+    }
+
+    /// Reads what is left, until end of stream or `deadline`.
+    pub async fn drain(&mut self, deadline: Duration, mut sink: impl FnMut(&[u8])) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(deadline, async {
+            loop {
+                match self.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink(&buf[..n]),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Output::Fifo { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl ExitWaiter {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Resolves when the process has ended, with its status.
+    pub async fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(pidfd) = &self.pidfd {
+            pidfd.exited().await?;
+        }
+        match &self.how {
+            ExitHow::Child(_) => pty::reap(self.pid).await,
+            // Without a pidfd the pane was already gone at launch; tmux has the status.
+            ExitHow::Pane { tmux, session } => tmux.dead_status(session).await,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Command-line interface: `corral serve` runs the daemon; the other commands are clients of
+//! the local daemon's `/api/v1` (see [`client`]).
+
+mod client;
+mod table;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Supervise AI coding agents (and any command) in tmux or PTYs"
+)]
+pub struct Cli {
+    /// Config file (default: /etc/corral/corral.toml when it exists).
+    #[arg(long, short = 'c', global = true, env = "CORRAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Daemon URL for client commands (default: from the run dir, else the configured address).
+    #[arg(long, global = true, env = "CORRAL_URL")]
+    pub url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve,
+    /// Validate the configuration and print it (secrets redacted).
+    CheckConfig,
+    /// List instances.
+    Ls {
+        /// Include ended instances.
+        #[arg(long, short)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an instance running CMD.
+    Spawn {
+        #[arg(long, short)]
+        name: Option<String>,
+        /// tmux or pty.
+        #[arg(long, short)]
+        backend: Option<String>,
+        /// Seconds without output or input before it is stopped (0: never).
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+        /// Seconds it may run in all (0: no limit).
+        #[arg(long)]
+        wall_timeout: Option<u64>,
+        /// Regex on the output that marks it ready.
+        #[arg(long)]
+        ready_pattern: Option<String>,
+        /// Extra environment variable (repeatable).
+        #[arg(long, short, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Run in this existing directory under the workspace root.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Return as soon as the process runs instead of waiting until it is ready.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+    /// Type a message into an instance (followed by Enter).
+    Send {
+        name: String,
+        /// The text; several words are joined with spaces.
+        #[arg(required = true)]
+        text: Vec<String>,
+        /// Do not press Enter after the text.
+        #[arg(long)]
+        no_enter: bool,
+        /// Wait for the turn to finish and print its output.
+        #[arg(long, short)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Print an instance's output.
+    Logs {
+        name: String,
+        /// Keep printing new output until the instance ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Bytes of existing output to print first.
+        #[arg(long, default_value_t = 65536)]
+        tail: usize,
+    },
+    /// Attach this terminal to an instance's tmux session (detach: Ctrl-b d).
+    Attach {
+        name: String,
+        /// Print the tmux command instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Stop an instance: polite signal, grace period, then SIGKILL.
+    Kill {
+        name: String,
+        /// Seconds between the polite signal and SIGKILL.
+        #[arg(long)]
+        grace: Option<f64>,
+        /// Return without waiting for it to end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            return 2;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(cfg),
+        Command::CheckConfig => check_config(&cfg),
+        Command::Version => {
+            println!("corral {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        other => client::run(&cfg, cli.url, other),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("corral: {e:#}");
+            1
+        }
+    }
+}
+
+fn check_config(cfg: &Config) -> anyhow::Result<()> {
+    let mut shown = cfg.clone();
+    if !shown.server.token.is_empty() {
+        shown.server.token = "<redacted>".into();
+    }
+    println!("{}", toml::to_string_pretty(&shown)?);
+    let p = cfg.paths();
+    println!(
+        "# resolved paths\n# database: {}\n# logs: {}\n# workspaces: {}\n# run: {}",
+        p.db_path.display(),
+        p.log_dir.display(),
+        p.workspace_root.display(),
+        p.run_dir.display()
+    );
+    Ok(())
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    crate::telemetry::init(&cfg);
+    let cfg = Arc::new(cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("corral")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let bind = format!("{}:{}", cfg.server.host, cfg.server.port);
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("binding {bind} (server.host / server.port)"))?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        crate::signals::spawn_handler(shutdown.clone()).context("installing signal handlers")?;
+        crate::app::run(cfg, listener, shutdown).await
+    })
+}

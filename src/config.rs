@@ -1,0 +1,779 @@
+//! Configuration: one serde tree with defaults, loaded from TOML, overridden by environment
+//! variables, validated once into an immutable [`Config`].
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, the Madrox-compatible names
+//! (`ORCHESTRATOR_PORT`, ...), then `CORRAL_<SECTION>_<KEY>`. Every key also has a
+//! `CORRAL_<SECTION>_<KEY>_FILE` variant that reads the value from a file (for secrets).
+//! The env names are derived from the default tree itself, so a new key gets its override
+//! without extra code. Every key is documented in CONFIG.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default config file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/corral/corral.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub paths: PathsConfig,
+    pub limits: LimitsConfig,
+    pub instance: InstanceConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub tmux: TmuxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind. Loopback by default; any other address requires `token`.
+    pub host: String,
+    /// TCP port; 0 picks a free port (written to `<run_dir>/daemon.json`).
+    pub port: u16,
+    /// Bearer token for /api and /mcp. Empty means no auth (allowed on loopback only).
+    pub token: String,
+    /// Extra Origins allowed to call the API from a browser (loopback origins always are).
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Root of everything corral writes. Empty: `/var/lib/corral` for root, else
+    /// `$XDG_STATE_HOME/corral` (or `~/.local/state/corral`).
+    pub state_dir: String,
+    /// SQLite database directory. Empty: `<state_dir>/data`.
+    pub data_dir: String,
+    /// Audit and instance logs. Empty: `<state_dir>/logs`.
+    pub log_dir: String,
+    /// Instance workspaces. Empty: `<state_dir>/workspaces`.
+    pub workspace_root: String,
+    /// Sockets and FIFOs (tmux socket, output pipes). Empty: `<state_dir>/run`.
+    pub run_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Live instances at most; a spawn past it is refused.
+    pub max_instances: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceConfig {
+    /// `tmux` or `pty`.
+    pub backend: String,
+    /// Stop an instance after this many seconds with no output and no input; 0 disables.
+    pub idle_timeout_s: u64,
+    /// Stop an instance this many seconds after it started; 0 disables.
+    pub wall_timeout_s: u64,
+    /// Seconds between the polite signal and SIGKILL when stopping.
+    pub stop_grace_s: f64,
+    /// The polite signal: SIGTERM, SIGHUP, SIGINT or SIGQUIT.
+    pub stop_signal: String,
+    /// Seconds an instance may stay `starting` before it is a failed spawn.
+    pub start_timeout_s: f64,
+    /// Milliseconds of output silence after which a busy `command` instance is ready again.
+    pub turn_quiet_ms: u64,
+    /// Milliseconds a `command` without `ready_pattern` must stay alive to count as ready;
+    /// dying sooner is a failed spawn.
+    pub settle_ms: u64,
+    /// Bytes of recent output kept in memory per instance.
+    pub ring_bytes: usize,
+    /// Size at which an instance log is rotated.
+    pub log_max_bytes: u64,
+    /// Rotated instance logs kept (`<id>.log.1` .. `<id>.log.N`).
+    pub log_keep: u32,
+    /// Terminal size for new instances.
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// `terminate`: stop every instance on shutdown; `detach`: leave tmux instances running.
+    pub agents: String,
+    /// Grace period per instance when terminating on shutdown.
+    pub grace_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `corral=debug,tower_http=info`.
+    pub level: String,
+    /// `pretty` or `json`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Database file. Empty: `<data_dir>/corral.db`.
+    pub path: String,
+    /// SQLite `synchronous` in WAL mode: `full` (durable across power loss) or `normal`
+    /// (durable across a daemon crash, not a power loss).
+    pub synchronous: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmuxConfig {
+    /// The tmux binary (a name on PATH or a path).
+    pub binary: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8001,
+            token: String::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_instances: 50 }
+    }
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            backend: "tmux".into(),
+            idle_timeout_s: 1800,
+            wall_timeout_s: 0,
+            stop_grace_s: 10.0,
+            stop_signal: "SIGTERM".into(),
+            start_timeout_s: 30.0,
+            turn_quiet_ms: 800,
+            settle_ms: 300,
+            ring_bytes: 1 << 20,
+            log_max_bytes: 10 << 20,
+            log_keep: 3,
+            cols: 200,
+            rows: 50,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            agents: "terminate".into(),
+            grace_s: 10.0,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "pretty".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            synchronous: "full".into(),
+        }
+    }
+}
+
+impl Default for TmuxConfig {
+    fn default() -> Self {
+        Self {
+            binary: "tmux".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            paths: PathsConfig::default(),
+            limits: LimitsConfig::default(),
+            instance: InstanceConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            tmux: TmuxConfig::default(),
+        }
+    }
+}
+
+/// Madrox-compatible variables: (name, config key, multiplier for numbers).
+const MADROX_ENV: &[(&str, &str)] = &[
+    ("ORCHESTRATOR_HOST", "server.host"),
+    ("ORCHESTRATOR_PORT", "server.port"),
+    ("MAX_INSTANCES", "limits.max_instances"),
+    ("WORKSPACE_DIR", "paths.workspace_root"),
+    ("LOG_DIR", "paths.log_dir"),
+    ("LOG_LEVEL", "log.level"),
+];
+
+/// Resolved directories, all absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub workspace_root: PathBuf,
+    pub run_dir: PathBuf,
+    pub db_path: PathBuf,
+}
+
+impl Paths {
+    pub fn instance_log_dir(&self) -> PathBuf {
+        self.log_dir.join("instances")
+    }
+    pub fn audit_dir(&self) -> PathBuf {
+        self.log_dir.join("audit")
+    }
+    pub fn tmux_socket(&self) -> PathBuf {
+        self.run_dir.join("tmux.sock")
+    }
+    /// Written by the daemon once it listens: `{"addr": "...", "pid": N}`.
+    pub fn daemon_file(&self) -> PathBuf {
+        self.run_dir.join("daemon.json")
+    }
+}
+
+impl Config {
+    /// Loads the config: file (explicit, or the default file when present), then env.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, &|k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`], with the environment injected (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env("CORRAL_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                p.exists().then_some(p)
+            });
+        let defaults = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(format!("defaults do not serialise: {e}")))?;
+        let mut tree = defaults.clone();
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let user: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            merge(&mut tree, user);
+        }
+        apply_madrox_env(&mut tree, &defaults, env)?;
+        let mut leaves = Vec::new();
+        collect_leaves(&defaults, String::new(), &mut leaves);
+        for (key, default) in &leaves {
+            let var = env_name(key);
+            let file_var = format!("{var}_FILE");
+            let raw = match (env(&var), env(&file_var)) {
+                (Some(v), _) => Some((var.clone(), v)),
+                (None, Some(p)) => {
+                    let v = std::fs::read_to_string(&p).map_err(|e| {
+                        ConfigError::Invalid(format!("{file_var}={p}: cannot read file: {e}"))
+                    })?;
+                    Some((
+                        file_var.clone(),
+                        v.trim_end_matches(['\n', '\r']).to_string(),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((name, value)) = raw {
+                let parsed = parse_env_value(key, default, &value, &name)?;
+                set_path(&mut tree, key, parsed);
+            }
+        }
+        let config: Config = tree.try_into().map_err(|e: toml::de::Error| {
+            let message = e.to_string();
+            match &file {
+                Some(path) => ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                },
+                None => ConfigError::Invalid(message),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key and the value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Debug, why: &str| {
+            Err(ConfigError::Invalid(format!("{key} = {value:?}: {why}")))
+        };
+        let loopback = match self.server.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) if self.server.host == "localhost" => true,
+            Err(_) => {
+                return bad(
+                    "server.host",
+                    &self.server.host,
+                    "must be an IP address or \"localhost\"",
+                )
+            }
+        };
+        if !loopback && self.server.token.is_empty() {
+            return bad(
+                "server.host",
+                &self.server.host,
+                "binding to a non-loopback address requires server.token (CORRAL_SERVER_TOKEN or CORRAL_SERVER_TOKEN_FILE); refusing to serve an unauthenticated API on the network",
+            );
+        }
+        self.validate_rest()
+    }
+
+    fn validate_rest(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Debug, why: &str| {
+            Err(ConfigError::Invalid(format!("{key} = {value:?}: {why}")))
+        };
+        if !self.server.token.is_empty() && self.server.token.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "server.token: must be at least 16 characters (value not shown)".into(),
+            ));
+        }
+        if self.limits.max_instances == 0 {
+            return bad("limits.max_instances", &0, "must be at least 1");
+        }
+        let i = &self.instance;
+        if !matches!(i.backend.as_str(), "tmux" | "pty") {
+            return bad(
+                "instance.backend",
+                &i.backend,
+                "must be \"tmux\" or \"pty\"",
+            );
+        }
+        if !(i.stop_grace_s.is_finite() && (0.0..=3600.0).contains(&i.stop_grace_s)) {
+            return bad("instance.stop_grace_s", &i.stop_grace_s, "must be 0-3600");
+        }
+        if crate::backend::parse_signal(&i.stop_signal).is_none() {
+            return bad(
+                "instance.stop_signal",
+                &i.stop_signal,
+                "must be SIGTERM, SIGHUP, SIGINT or SIGQUIT",
+            );
+        }
+        if !(i.start_timeout_s.is_finite()
+            && i.start_timeout_s > 0.0
+            && i.start_timeout_s <= 3600.0)
+        {
+            return bad(
+                "instance.start_timeout_s",
+                &i.start_timeout_s,
+                "must be >0 and ≤3600",
+            );
+        }
+        if i.turn_quiet_ms == 0 || i.turn_quiet_ms > 600_000 {
+            return bad(
+                "instance.turn_quiet_ms",
+                &i.turn_quiet_ms,
+                "must be 1-600000",
+            );
+        }
+        if i.settle_ms > 600_000 {
+            return bad("instance.settle_ms", &i.settle_ms, "must be 0-600000");
+        }
+        if i.ring_bytes < 4096 || i.ring_bytes > (256 << 20) {
+            return bad(
+                "instance.ring_bytes",
+                &i.ring_bytes,
+                "must be 4096-268435456",
+            );
+        }
+        if i.log_max_bytes < 4096 {
+            return bad(
+                "instance.log_max_bytes",
+                &i.log_max_bytes,
+                "must be at least 4096",
+            );
+        }
+        if i.log_keep > 100 {
+            return bad("instance.log_keep", &i.log_keep, "must be 0-100");
+        }
+        if !(10..=1000).contains(&i.cols) {
+            return bad("instance.cols", &i.cols, "must be 10-1000");
+        }
+        if !(5..=500).contains(&i.rows) {
+            return bad("instance.rows", &i.rows, "must be 5-500");
+        }
+        if !matches!(self.shutdown.agents.as_str(), "terminate" | "detach") {
+            return bad(
+                "shutdown.agents",
+                &self.shutdown.agents,
+                "must be \"terminate\" or \"detach\"",
+            );
+        }
+        if !(self.shutdown.grace_s.is_finite() && (0.0..=3600.0).contains(&self.shutdown.grace_s)) {
+            return bad("shutdown.grace_s", &self.shutdown.grace_s, "must be 0-3600");
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return bad(
+                "log.format",
+                &self.log.format,
+                "must be \"pretty\" or \"json\"",
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(
+                "log.level",
+                &self.log.level,
+                "is not a valid tracing filter",
+            );
+        }
+        if !matches!(self.store.synchronous.as_str(), "full" | "normal") {
+            return bad(
+                "store.synchronous",
+                &self.store.synchronous,
+                "must be \"full\" or \"normal\"",
+            );
+        }
+        if self.tmux.binary.is_empty() {
+            return bad("tmux.binary", &self.tmux.binary, "must not be empty");
+        }
+        for (key, value) in [
+            ("paths.state_dir", &self.paths.state_dir),
+            ("paths.data_dir", &self.paths.data_dir),
+            ("paths.log_dir", &self.paths.log_dir),
+            ("paths.workspace_root", &self.paths.workspace_root),
+            ("paths.run_dir", &self.paths.run_dir),
+            ("store.path", &self.store.path),
+        ] {
+            if !value.is_empty() && !Path::new(value).is_absolute() {
+                return bad(key, value, "must be an absolute path");
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolved directory layout.
+    pub fn paths(&self) -> Paths {
+        let state_dir = if self.paths.state_dir.is_empty() {
+            default_state_dir()
+        } else {
+            PathBuf::from(&self.paths.state_dir)
+        };
+        let or = |v: &str, sub: &str| {
+            if v.is_empty() {
+                state_dir.join(sub)
+            } else {
+                PathBuf::from(v)
+            }
+        };
+        let data_dir = or(&self.paths.data_dir, "data");
+        let db_path = if self.store.path.is_empty() {
+            data_dir.join("corral.db")
+        } else {
+            PathBuf::from(&self.store.path)
+        };
+        Paths {
+            log_dir: or(&self.paths.log_dir, "logs"),
+            workspace_root: or(&self.paths.workspace_root, "workspaces"),
+            run_dir: or(&self.paths.run_dir, "run"),
+            data_dir,
+            db_path,
+            state_dir,
+        }
+    }
+
+    /// The base URL a local client uses to reach this daemon's configured address.
+    pub fn local_url(&self) -> String {
+        let host = match self.server.host.as_str() {
+            "0.0.0.0" => "127.0.0.1".to_string(),
+            "::" => "[::1]".to_string(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        format!("http://{host}:{}", self.server.port)
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/corral");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("corral");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/corral")
+}
+
+/// `server.port` → `CORRAL_SERVER_PORT`.
+pub fn env_name(key: &str) -> String {
+    format!("CORRAL_{}", key.replace('.', "_").to_uppercase())
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn collect_leaves(v: &toml::Value, prefix: String, out: &mut Vec<(String, toml::Value)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                collect_leaves(v, key, out);
+            }
+        }
+        leaf => out.push((prefix, leaf.clone())),
+    }
+}
+
+fn set_path(tree: &mut toml::Value, key: &str, value: toml::Value) {
+    let mut cur = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        let toml::Value::Table(t) = cur else { return };
+        cur = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    if let (toml::Value::Table(t), Some(last)) = (cur, parts.last()) {
+        t.insert(last.to_string(), value);
+    }
+}
+
+/// Parses an env value as the type of the key's default value.
+fn parse_env_value(
+    key: &str,
+    default: &toml::Value,
+    raw: &str,
+    var: &str,
+) -> Result<toml::Value, ConfigError> {
+    let err = |what: &str| ConfigError::Invalid(format!("{var}={raw:?}: {key} expects {what}"));
+    Ok(match default {
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| err("an integer"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| err("a number"))?)
+        }
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => return Err(err("true or false")),
+        }),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+fn apply_madrox_env(
+    tree: &mut toml::Value,
+    defaults: &toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let lookup = |key: &str| -> Option<toml::Value> {
+        let mut cur = defaults;
+        for p in key.split('.') {
+            cur = cur.get(p)?;
+        }
+        Some(cur.clone())
+    };
+    for (var, key) in MADROX_ENV {
+        if let Some(raw) = env(var) {
+            let default = lookup(key).unwrap_or(toml::Value::String(String::new()));
+            let v = parse_env_value(key, &default, &raw, var)?;
+            set_path(tree, key, v);
+        }
+    }
+    if let Some(raw) = env("INSTANCE_TIMEOUT_MINUTES") {
+        let minutes: i64 = raw.trim().parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "INSTANCE_TIMEOUT_MINUTES={raw:?}: instance.idle_timeout_s expects whole minutes"
+            ))
+        })?;
+        if minutes < 0 {
+            return Err(ConfigError::Invalid(format!(
+                "INSTANCE_TIMEOUT_MINUTES={raw:?}: must not be negative"
+            )));
+        }
+        set_path(
+            tree,
+            "instance.idle_timeout_s",
+            toml::Value::Integer(minutes * 60),
+        );
+    }
+    if let Some(raw) = env("DATABASE_URL") {
+        let path = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .unwrap_or(&raw);
+        if !Path::new(path).is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "DATABASE_URL={raw:?}: store.path must be an absolute sqlite path (sqlite:////abs/path.db or /abs/path.db)"
+            )));
+        }
+        set_path(tree, "store.path", toml::Value::String(path.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(file.map(|_| path.as_path()), &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.port, 8001);
+        assert_eq!(c.local_url(), "http://127.0.0.1:8001");
+    }
+
+    #[test]
+    fn precedence_file_then_madrox_then_corral_env() {
+        let c = load(
+            Some("[server]\nport = 9000\n[limits]\nmax_instances = 3\n"),
+            &[
+                ("MAX_INSTANCES", "7"),
+                ("ORCHESTRATOR_PORT", "9100"),
+                ("CORRAL_SERVER_PORT", "9200"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 9200);
+        assert_eq!(c.limits.max_instances, 7);
+        let c = load(
+            None,
+            &[
+                ("INSTANCE_TIMEOUT_MINUTES", "2"),
+                ("DATABASE_URL", "sqlite:////x/y.db"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.instance.idle_timeout_s, 120);
+        assert_eq!(c.paths().db_path, PathBuf::from("/x/y.db"));
+    }
+
+    #[test]
+    fn file_variant_reads_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tok");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        let c = load(None, &[("CORRAL_SERVER_TOKEN_FILE", p.to_str().unwrap())]).unwrap();
+        assert_eq!(c.server.token, "0123456789abcdef0123");
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = load(None, &[("CORRAL_SERVER_PORT", "abc")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CORRAL_SERVER_PORT") && e.contains("abc") && e.contains("server.port"),
+            "{e}"
+        );
+        let e = load(Some("[instance]\nbackend = \"docker\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("instance.backend") && e.contains("docker"),
+            "{e}"
+        );
+        let e = load(Some("[server]\nprot = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prot"), "{e}");
+        let e = load(None, &[("CORRAL_SERVER_HOST", "0.0.0.0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.host") && e.contains("requires server.token"),
+            "{e}"
+        );
+        let ok = load(
+            None,
+            &[
+                ("CORRAL_SERVER_HOST", "0.0.0.0"),
+                ("CORRAL_SERVER_TOKEN", "0123456789abcdef"),
+            ],
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn every_default_leaf_has_an_env_name() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut leaves = Vec::new();
+        collect_leaves(&defaults, String::new(), &mut leaves);
+        let names: Vec<String> = leaves.iter().map(|(k, _)| env_name(k)).collect();
+        assert!(names.contains(&"CORRAL_INSTANCE_IDLE_TIMEOUT_S".to_string()));
+        assert!(names.contains(&"CORRAL_PATHS_STATE_DIR".to_string()));
+    }
+}

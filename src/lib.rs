@@ -1,0 +1,27 @@
+//! corral: a supervisor for AI coding agents.
+//!
+//! Layout (dependencies point down; nothing below `supervisor` knows HTTP):
+//! - `main.rs`: thin: parse the CLI, dispatch.
+//! - [`cli`]: clap definitions and the client commands that talk to the local daemon.
+//! - [`app`]: wiring of store, supervisor and HTTP; ordered shutdown.
+//! - [`http`]: axum router: `/health`, `/ready`, the JSON API `/api/v1`, auth and Origin guards.
+//! - [`supervisor`]: the `Supervisor` handle, one task per instance, the lifecycle state
+//!   machine ([`supervisor::instance`]), output ring and logs ([`supervisor::output`]).
+//! - [`backend`]: start a process in tmux or a PTY; input, resize, output stream, exit (pidfd).
+//! - [`store`]: SQLite (WAL) on its own thread; migrations; the audit log ([`audit`]).
+//! - [`config`]: TOML + env into a validated `Config`.
+//! - [`model`]: plain data shared by all of the above (the API's wire types).
+//! - [`ids`], [`telemetry`], [`signals`]: small helpers.
+
+pub mod app;
+pub mod audit;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod model;
+pub mod signals;
+pub mod store;
+pub mod supervisor;
+pub mod telemetry;

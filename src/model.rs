@@ -1,0 +1,256 @@
+//! Plain data shared by the supervisor, the store, the HTTP API and the CLI client.
+//!
+//! These types are the wire format of `/api/v1` and the rows of the store, so they carry no
+//! handles, no PIDs to act on, and no secrets (environment values never appear here).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What runs in an instance. Only `command` exists today; agent kinds build on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Command,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Tmux,
+    Pty,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tmux => "tmux",
+            BackendKind::Pty => "pty",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tmux" => Some(BackendKind::Tmux),
+            "pty" => Some(BackendKind::Pty),
+            _ => None,
+        }
+    }
+}
+
+/// The flat name of a lifecycle state (the rich form lives in `supervisor::instance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Starting,
+    Ready,
+    Busy,
+    Paused,
+    Stopping,
+    Exited,
+    Killed,
+    Failed,
+    Lost,
+}
+
+impl StateName {
+    pub const ALL: [StateName; 9] = [
+        StateName::Starting,
+        StateName::Ready,
+        StateName::Busy,
+        StateName::Paused,
+        StateName::Stopping,
+        StateName::Exited,
+        StateName::Killed,
+        StateName::Failed,
+        StateName::Lost,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Starting => "starting",
+            StateName::Ready => "ready",
+            StateName::Busy => "busy",
+            StateName::Paused => "paused",
+            StateName::Stopping => "stopping",
+            StateName::Exited => "exited",
+            StateName::Killed => "killed",
+            StateName::Failed => "failed",
+            StateName::Lost => "lost",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+    /// Live states hold a process (or are about to); their names are reserved.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            StateName::Starting
+                | StateName::Ready
+                | StateName::Busy
+                | StateName::Paused
+                | StateName::Stopping
+        )
+    }
+}
+
+/// Why an instance stopped (or is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// A client asked for the stop.
+    Requested,
+    /// The process exited with code 0 on its own.
+    Completed,
+    IdleTimeout,
+    WallTimeout,
+    /// The process exited non-zero or was killed by a signal nobody in corral sent.
+    Crashed,
+    /// It never became ready: exec failed, it died during start, or start timed out.
+    SpawnFailed,
+    SupervisorShutdown,
+    /// Found dead after a daemon restart.
+    Lost,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Requested => "requested",
+            ReasonCode::Completed => "completed",
+            ReasonCode::IdleTimeout => "idle_timeout",
+            ReasonCode::WallTimeout => "wall_timeout",
+            ReasonCode::Crashed => "crashed",
+            ReasonCode::SpawnFailed => "spawn_failed",
+            ReasonCode::SupervisorShutdown => "supervisor_shutdown",
+            ReasonCode::Lost => "lost",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ReasonCode::Requested,
+            ReasonCode::Completed,
+            ReasonCode::IdleTimeout,
+            ReasonCode::WallTimeout,
+            ReasonCode::Crashed,
+            ReasonCode::SpawnFailed,
+            ReasonCode::SupervisorShutdown,
+            ReasonCode::Lost,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// How the process ended, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && self.signal.is_none()
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(f, "killed by signal {sig}"),
+            (Some(code), None) => write!(f, "exit code {code}"),
+            (None, None) => write!(f, "unknown exit status"),
+        }
+    }
+}
+
+/// The view of an instance that the API returns and the store keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub backend: BackendKind,
+    pub parent_id: Option<String>,
+    pub state: StateName,
+    /// Set once a stop is decided (stopping) and on every end state.
+    pub reason: Option<ReasonCode>,
+    /// Human detail for the reason: a spawn error with the output tail, a signal name.
+    pub reason_detail: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    /// Process group leader while live.
+    pub pid: Option<i32>,
+    pub argv: Vec<String>,
+    /// Names of the extra environment variables (values are never exposed).
+    pub env_keys: Vec<String>,
+    pub workspace: String,
+    /// tmux session name on corral's private socket (tmux backend only).
+    pub tmux_session: Option<String>,
+    pub idle_timeout_s: u64,
+    pub wall_timeout_s: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub last_activity_at: i64,
+    /// Bytes of output seen so far (this daemon run).
+    pub output_bytes: u64,
+    /// Turns started by input (messages sent).
+    pub turns: u64,
+    pub cost_usd: f64,
+}
+
+/// What a client asks for when spawning.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// Unique among live instances; default `<kind>-<id>`.
+    pub name: Option<String>,
+    /// `command` (the default).
+    pub kind: Option<String>,
+    /// `tmux` or `pty`; default from config.
+    pub backend: Option<String>,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// An existing directory name under the workspace root to run in; default a fresh one.
+    pub workspace: Option<String>,
+    pub idle_timeout_s: Option<u64>,
+    pub wall_timeout_s: Option<u64>,
+    /// Regex on the output that marks the instance ready; default: first output or
+    /// `turn_quiet_ms` alive, whichever is first.
+    pub ready_pattern: Option<String>,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    /// Wait until the instance is ready (or failed) before answering.
+    #[serde(default)]
+    pub wait_ready: bool,
+}
+
+/// One audit/store event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Assigned by the store (0 until then).
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub ts: i64,
+    pub instance_id: Option<String>,
+    pub name: Option<String>,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

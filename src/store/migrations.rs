@@ -1,0 +1,62 @@
+//! Forward-only numbered migrations. `PRAGMA user_version` is the schema version; each
+//! migration runs in one transaction with the version bump, so a failed upgrade rolls back.
+
+/// Index `i` upgrades version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: instances, events, turns
+    r#"
+    CREATE TABLE instances (
+        id               TEXT PRIMARY KEY,
+        name             TEXT NOT NULL,
+        kind             TEXT NOT NULL,
+        backend          TEXT NOT NULL,
+        parent_id        TEXT REFERENCES instances(id),
+        state            TEXT NOT NULL,
+        reason           TEXT,
+        reason_detail    TEXT,
+        exit_code        INTEGER,
+        exit_signal      INTEGER,
+        pid              INTEGER,
+        argv             TEXT NOT NULL,
+        env_keys         TEXT NOT NULL,
+        spec             TEXT NOT NULL,
+        workspace        TEXT NOT NULL,
+        tmux_session     TEXT,
+        idle_timeout_s   INTEGER NOT NULL,
+        wall_timeout_s   INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        ended_at         INTEGER,
+        last_activity_at INTEGER NOT NULL,
+        output_bytes     INTEGER NOT NULL DEFAULT 0,
+        turns            INTEGER NOT NULL DEFAULT 0,
+        cost_usd         REAL NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX instances_live_name ON instances(name)
+        WHERE state IN ('starting', 'ready', 'busy', 'paused', 'stopping');
+    CREATE INDEX instances_state ON instances(state);
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          INTEGER NOT NULL,
+        instance_id TEXT,
+        name        TEXT,
+        kind        TEXT NOT NULL,
+        data        TEXT NOT NULL
+    );
+    CREATE INDEX events_instance ON events(instance_id, seq);
+    CREATE TABLE turns (
+        instance_id  TEXT NOT NULL REFERENCES instances(id),
+        seq          INTEGER NOT NULL,
+        sent_at      INTEGER NOT NULL,
+        completed_at INTEGER,
+        input_bytes  INTEGER NOT NULL,
+        status       TEXT NOT NULL,
+        PRIMARY KEY (instance_id, seq)
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}

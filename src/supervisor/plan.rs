@@ -1,0 +1,281 @@
+//! Validates a spawn request into a launch plan: everything the backend needs, computed and
+//! checked before anything is created, with an error that names the bad argument.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+
+use super::SupervisorError;
+use crate::backend::{parse_signal, LaunchSpec};
+use crate::config::{Config, Paths};
+use crate::model::{BackendKind, Kind, SpawnRequest};
+
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
+const MAX_ARGV_BYTES: usize = 128 * 1024;
+const MAX_ENV_VARS: usize = 256;
+
+/// Variables passed through from the daemon's environment; everything else is dropped.
+pub const ENV_ALLOWLIST: &[&str] = &[
+    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME", "SHELL",
+];
+
+pub struct Plan {
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub backend: BackendKind,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workspace: Option<String>,
+    pub idle_timeout_s: u64,
+    pub wall_timeout_s: u64,
+    pub ready_re: Option<regex::bytes::Regex>,
+    pub ready_pattern: Option<String>,
+    pub cols: u16,
+    pub rows: u16,
+    pub stop_signal: Signal,
+}
+
+fn invalid(msg: String) -> SupervisorError {
+    SupervisorError::InvalidArgument(msg)
+}
+
+pub fn check_size(cols: u16, rows: u16) -> Result<(), SupervisorError> {
+    if !(10..=1000).contains(&cols) {
+        return Err(invalid(format!("cols = {cols}: must be 10-1000")));
+    }
+    if !(5..=500).contains(&rows) {
+        return Err(invalid(format!("rows = {rows}: must be 5-500")));
+    }
+    Ok(())
+}
+
+pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, SupervisorError> {
+    if let Some(name) = &req.name {
+        crate::ids::validate_name(name).map_err(|e| invalid(format!("invalid name: {e}")))?;
+    }
+    let kind = match req.kind.as_deref().unwrap_or("command") {
+        "command" => Kind::Command,
+        other => {
+            return Err(invalid(format!(
+                "kind = {other:?}: this corral runs kind \"command\" (any argv)"
+            )))
+        }
+    };
+    let backend_name = req.backend.as_deref().unwrap_or(&cfg.instance.backend);
+    let backend = BackendKind::parse(backend_name).ok_or_else(|| {
+        invalid(format!(
+            "backend = {backend_name:?}: must be \"tmux\" or \"pty\""
+        ))
+    })?;
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(invalid(
+            "argv must name a program to run (argv[0] is empty)".into(),
+        ));
+    }
+    if req.argv.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("argv contains a NUL byte".into()));
+    }
+    if req.argv.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES {
+        return Err(invalid(format!(
+            "argv is longer than {MAX_ARGV_BYTES} bytes"
+        )));
+    }
+    if req.env.len() > MAX_ENV_VARS {
+        return Err(invalid(format!(
+            "env has {} variables; the limit is {MAX_ENV_VARS}",
+            req.env.len()
+        )));
+    }
+    for (k, v) in &req.env {
+        let ok_key = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok_key {
+            return Err(invalid(format!(
+                "env key {k:?}: must match [A-Za-z_][A-Za-z0-9_]*"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(invalid(format!("env {k}: value contains a NUL byte")));
+        }
+    }
+    let idle_timeout_s = req.idle_timeout_s.unwrap_or(cfg.instance.idle_timeout_s);
+    let wall_timeout_s = req.wall_timeout_s.unwrap_or(cfg.instance.wall_timeout_s);
+    for (key, v) in [
+        ("idle_timeout_s", idle_timeout_s),
+        ("wall_timeout_s", wall_timeout_s),
+    ] {
+        if v > MAX_TIMEOUT_S {
+            return Err(invalid(format!(
+                "{key} = {v}: must be at most {MAX_TIMEOUT_S} (30 days); 0 disables"
+            )));
+        }
+    }
+    let ready_re = match &req.ready_pattern {
+        None => None,
+        Some(p) if p.len() > 4096 => {
+            return Err(invalid("ready_pattern is longer than 4096 bytes".into()))
+        }
+        Some(p) => Some(
+            regex::bytes::Regex::new(p)
+                .map_err(|e| invalid(format!("ready_pattern {p:?} is not a valid regex: {e}")))?,
+        ),
+    };
+    let cols = req.cols.unwrap_or(cfg.instance.cols);
+    let rows = req.rows.unwrap_or(cfg.instance.rows);
+    check_size(cols, rows)?;
+    if let Some(ws) = &req.workspace {
+        check_workspace_name(ws)?;
+    }
+    let stop_signal = parse_signal(&cfg.instance.stop_signal).unwrap_or(Signal::SIGTERM);
+    let plan = Plan {
+        name: req.name,
+        kind,
+        backend,
+        argv: req.argv,
+        env: req.env,
+        workspace: req.workspace,
+        idle_timeout_s,
+        wall_timeout_s,
+        ready_re,
+        ready_pattern: req.ready_pattern,
+        cols,
+        rows,
+        stop_signal,
+    };
+    plan.check_program()?;
+    Ok(plan)
+}
+
+/// A workspace given by name must be one plain directory name under the root.
+fn check_workspace_name(ws: &str) -> Result<(), SupervisorError> {
+    let ok = !ws.is_empty()
+        && ws != "."
+        && ws != ".."
+        && !ws.contains('/')
+        && !ws.contains('\0')
+        && ws.len() <= 255;
+    if !ok {
+        return Err(invalid(format!(
+            "workspace {ws:?}: must be the name of a directory directly under the workspace root (no '/', '.' or '..')"
+        )));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Resolves argv[0] on the instance's PATH so a typo is a clear error, not a dead pane.
+    fn check_program(&self) -> Result<(), SupervisorError> {
+        let prog = &self.argv[0];
+        if prog.contains('/') {
+            let p = Path::new(prog);
+            return if is_executable(p) {
+                Ok(())
+            } else {
+                Err(invalid(format!("{prog}: no such executable file")))
+            };
+        }
+        let path = self
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        if std::env::split_paths(&path).any(|d| is_executable(&d.join(prog))) {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "{prog}: command not found on PATH ({path})"
+            )))
+        }
+    }
+
+    /// The instance's workspace: a named existing directory under the root, or a fresh
+    /// `<root>/<id>` (0700).
+    pub fn workspace_path(&self, paths: &Paths, id: &str) -> Result<PathBuf, SupervisorError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let root = &paths.workspace_root;
+        std::fs::create_dir_all(root).map_err(|e| {
+            SupervisorError::Backend(format!("creating workspace root {}: {e}", root.display()))
+        })?;
+        match &self.workspace {
+            Some(name) => {
+                let p = root.join(name);
+                let meta = std::fs::symlink_metadata(&p).map_err(|_| {
+                    invalid(format!(
+                        "workspace {name:?} does not exist under {}",
+                        root.display()
+                    ))
+                })?;
+                if !meta.is_dir() {
+                    return Err(invalid(format!(
+                        "workspace {name:?} is not a directory (symlinks are refused)"
+                    )));
+                }
+                Ok(p)
+            }
+            None => {
+                let p = root.join(id);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&p)
+                    .map_err(|e| {
+                        SupervisorError::Backend(format!("creating workspace {}: {e}", p.display()))
+                    })?;
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
+                Ok(p)
+            }
+        }
+    }
+
+    /// The complete environment: the allowlist from the daemon, corral's own variables, then
+    /// the request's variables.
+    pub fn launch_spec(&self, name: &str, cwd: &Path, id: &str) -> LaunchSpec {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for k in ENV_ALLOWLIST {
+            if let Ok(v) = std::env::var(k) {
+                env.insert(k.to_string(), v);
+            }
+        }
+        if self.backend == BackendKind::Pty {
+            env.insert("TERM".into(), "xterm-256color".into());
+        }
+        env.insert("CORRAL_INSTANCE_ID".into(), id.into());
+        env.insert("CORRAL_INSTANCE_NAME".into(), name.into());
+        for (k, v) in &self.env {
+            env.insert(k.clone(), v.clone());
+        }
+        LaunchSpec {
+            argv: self.argv.clone(),
+            env: env.into_iter().collect(),
+            cwd: cwd.to_path_buf(),
+            cols: self.cols,
+            rows: self.rows,
+            session: name.to_string(),
+        }
+    }
+
+    /// What the store keeps of the request (environment values are left out).
+    pub fn spec_json(&self) -> String {
+        serde_json::json!({
+            "kind": self.kind.as_str(),
+            "backend": self.backend.as_str(),
+            "argv": self.argv,
+            "env_keys": self.env.keys().collect::<Vec<_>>(),
+            "workspace": self.workspace,
+            "idle_timeout_s": self.idle_timeout_s,
+            "wall_timeout_s": self.wall_timeout_s,
+            "ready_pattern": self.ready_pattern,
+            "cols": self.cols,
+            "rows": self.rows,
+        })
+        .to_string()
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
