@@ -27,7 +27,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -214,22 +214,7 @@ impl Default for TmuxConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            paths: PathsConfig::default(),
-            limits: LimitsConfig::default(),
-            instance: InstanceConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            log: LogConfig::default(),
-            store: StoreConfig::default(),
-            tmux: TmuxConfig::default(),
-        }
-    }
-}
-
-/// Madrox-compatible variables: (name, config key, multiplier for numbers).
+/// Madrox-compatible variables: (name, config key).
 const MADROX_ENV: &[(&str, &str)] = &[
     ("ORCHESTRATOR_HOST", "server.host"),
     ("ORCHESTRATOR_PORT", "server.port"),

@@ -272,8 +272,12 @@ impl ExitWaiter {
         }
         match &self.how {
             ExitHow::Child(_) => pty::reap(self.pid).await,
-            // Without a pidfd the pane was already gone at launch; tmux has the status.
-            ExitHow::Pane { tmux, session } => tmux.dead_status(session).await,
+            // A zombie pane still carries its status; once reaped, tmux has it. Without a
+            // pidfd the pane was already gone at launch.
+            ExitHow::Pane { tmux, session } => match pidfd::zombie_status(self.pid) {
+                Some(status) if self.pidfd.is_some() => Ok(status),
+                _ => tmux.dead_status(session).await,
+            },
         }
     }
 }

@@ -46,3 +46,97 @@ pub fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) -> io::Result<()> 
 pub fn group_alive(pgid: i32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
+
+/// The exit status of `pid` while it is an unreaped zombie, from `/proc/PID/stat` field 52
+/// (`exit_code`, the raw wait status; Linux ≥ 3.5). `None` when the process is not a zombie
+/// (still running, or already reaped by its parent).
+///
+/// tmux panes need this: Debian's tmux runs `utempter` when a pane's pty closes and sets
+/// SIGCHLD to SIG_DFL while it waits for it, so the pane's own SIGCHLD can be lost and tmux
+/// never records `pane_dead_status`. The kernel still holds the status until the zombie is
+/// reaped, and our pidfd guarantees the pid has not been reused before then.
+pub fn zombie_status(pid: i32) -> Option<crate::model::ExitStatus> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_zombie_stat(&stat)
+}
+
+pub fn parse_zombie_stat(stat: &str) -> Option<crate::model::ExitStatus> {
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first()? != &"Z" {
+        return None;
+    }
+    let raw: i32 = fields.get(52 - 3)?.parse().ok()?;
+    let sig = raw & 0x7f;
+    Some(if sig == 0 {
+        crate::model::ExitStatus {
+            code: Some((raw >> 8) & 0xff),
+            signal: None,
+        }
+    } else {
+        crate::model::ExitStatus {
+            code: None,
+            signal: Some(sig),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExitStatus;
+
+    fn stat_line(state: &str, exit_code: i32) -> String {
+        // pid (comm with ) and spaces) state, then fields 4..=51, then exit_code as field 52
+        let mut s = format!("123 (we ird) x) {state}");
+        for _ in 4..52 {
+            s.push_str(" 0");
+        }
+        s.push_str(&format!(" {exit_code}\n"));
+        s
+    }
+
+    #[test]
+    fn decodes_zombie_wait_status() {
+        assert_eq!(
+            parse_zombie_stat(&stat_line("Z", 3 << 8)),
+            Some(ExitStatus {
+                code: Some(3),
+                signal: None
+            })
+        );
+        assert_eq!(
+            parse_zombie_stat(&stat_line("Z", 15)),
+            Some(ExitStatus {
+                code: None,
+                signal: Some(15)
+            })
+        );
+        assert_eq!(parse_zombie_stat(&stat_line("S", 0)), None);
+    }
+
+    #[test]
+    fn reads_a_real_zombie() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 5"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { PidFd::open(pid).unwrap().exited().await.unwrap() });
+        assert_eq!(
+            zombie_status(pid),
+            Some(ExitStatus {
+                code: Some(5),
+                signal: None
+            })
+        );
+        let mut child = child;
+        assert_eq!(child.wait().unwrap().code(), Some(5));
+        assert_eq!(zombie_status(pid), None);
+    }
+}

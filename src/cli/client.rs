@@ -216,7 +216,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     argv.iter()
-                        .map(|a| crate::backend::tmux::shell_quote(a))
+                        .map(|a| quote_if_needed(a))
                         .collect::<Vec<_>>()
                         .join(" ")
                 );
@@ -253,6 +253,18 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Shell-quotes an argument only when it needs it.
+fn quote_if_needed(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b));
+    if plain {
+        a.to_string()
+    } else {
+        crate::backend::tmux::shell_quote(a)
+    }
 }
 
 fn describe_end(i: &InstanceInfo) -> String {

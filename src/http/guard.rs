@@ -42,18 +42,18 @@ pub fn origin_allowed(origin: &str, cfg: &Config) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
-pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Response> {
+pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Box<Response>> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(origin, cfg) {
-            return Err((
+            return Err(Box::new((
                 StatusCode::FORBIDDEN,
                 axum::Json(serde_json::json!({
                     "error": format!("origin {origin:?} is not allowed (server.allowed_origins)"),
                     "code": "forbidden_origin"
                 })),
             )
-                .into_response());
+                .into_response()));
         }
     }
     let token = &cfg.server.token;
@@ -68,20 +68,22 @@ pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Response> {
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Ok(());
     }
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer realm=\"corral\"")],
-        axum::Json(serde_json::json!({
-            "error": "missing or wrong bearer token (Authorization: Bearer <server.token>)",
-            "code": "unauthorized"
-        })),
-    )
-        .into_response())
+    Err(Box::new(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"corral\"")],
+            axum::Json(serde_json::json!({
+                "error": "missing or wrong bearer token (Authorization: Bearer <server.token>)",
+                "code": "unauthorized"
+            })),
+        )
+            .into_response(),
+    ))
 }
 
 pub async fn middleware(State(cfg): State<Arc<Config>>, req: Request, next: Next) -> Response {
     if let Err(resp) = check(req.headers(), &cfg) {
-        return resp;
+        return *resp;
     }
     next.run(req).await
 }

@@ -427,11 +427,19 @@ impl Supervisor {
         };
         let mut rx = handle.shared.info.subscribe();
         let limit = Duration::from_secs_f64(self.inner.cfg.instance.start_timeout_s + 5.0);
-        let _ = tokio::time::timeout(limit, rx.wait_for(|i| i.state != StateName::Starting)).await;
+        // Past `starting`, unless it is being stopped because it never became ready.
+        let settled = |i: &InstanceInfo| match i.state {
+            StateName::Starting => false,
+            StateName::Stopping => i.reason != Some(ReasonCode::SpawnFailed),
+            _ => true,
+        };
+        let _ = tokio::time::timeout(limit, rx.wait_for(settled)).await;
         let info = rx.borrow().clone();
-        if info.state.is_live() {
+        if info.state.is_live() && info.reason != Some(ReasonCode::SpawnFailed) {
             return Ok(info);
         }
+        // The task commits the end state before it drops out of the live set.
+        let _ = tokio::time::timeout(limit, rx.wait_for(|i| !i.state.is_live())).await;
         // It ended: read the committed end state (with its detail).
         self.get(id).await.and_then(ready_or_error)
     }

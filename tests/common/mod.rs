@@ -1,0 +1,342 @@
+//! Test harness: runs the real `corral` binary as a daemon in a temp state dir on a free port,
+//! with its own private tmux server, and drives it through the CLI and HTTP.
+//!
+//! Every wait has a deadline ([`wait_until`]); on a failed assertion the daemon's log is
+//! printed (set `CORRAL_KEEP_TEST_DIRS=1` to keep the state dir).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub url: String,
+    child: Option<Child>,
+    pub http: reqwest::blocking::Client,
+    pub token: Option<String>,
+}
+
+/// Polls `f` with backoff until it returns `Some`, or panics after `deadline`.
+pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        Self::start_with("")
+    }
+
+    /// `extra` is TOML appended to the test config (sections allowed).
+    pub fn start_with(extra: &str) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("corral-t")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("corral.toml");
+        let state = dir.path().join("state");
+        let token = extra
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token = \""))
+            .map(|t| t.trim_end_matches('"').to_string());
+        let mut text = format!(
+            "[paths]\nstate_dir = \"{}\"\n[log]\nlevel = \"debug\"\n",
+            state.display()
+        );
+        // the test's own [server] section, or port 0
+        if !extra.contains("[server]") {
+            text.push_str("[server]\nport = 0\n");
+        }
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("write config");
+        let mut d = TestDaemon {
+            dir,
+            config,
+            url: String::new(),
+            child: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+            token,
+        };
+        d.launch();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir().join("run/tmux.sock")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// Starts the daemon (again) and waits for its address file.
+    pub fn launch(&mut self) {
+        let daemon_file = self.state_dir().join("run/daemon.json");
+        let _ = std::fs::remove_file(&daemon_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["--config", self.config.to_str().expect("utf8"), "serve"])
+            .env_remove("CORRAL_URL")
+            .env_remove("CORRAL_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        let pid = child.id() as i32;
+        self.child = Some(child);
+        let addr = wait_until("daemon address file", Duration::from_secs(20), || {
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
+            (v["pid"].as_i64()? as i32 == pid).then(|| v["addr"].as_str().map(str::to_string))?
+        });
+        self.url = format!("http://{addr}");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_until("daemon exit after SIGTERM", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env_remove("CORRAL_URL").env_remove("CORRAL_TOKEN");
+        cmd.stdin(Stdio::null());
+        cmd.output().expect("run corral cli")
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        if !out.status.success() {
+            self.dump();
+            panic!(
+                "corral {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "corral {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn with_auth(&self, r: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .with_auth(self.http.get(format!("{}{path}", self.url)))
+            .send()
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .with_auth(self.http.post(format!("{}{path}", self.url)).json(body))
+            .send()
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .with_auth(
+                self.http
+                    .post(format!("{}{path}", self.url))
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+            )
+            .send()
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// Spawns through the API and returns the instance JSON.
+    pub fn spawn(&self, body: Value) -> Value {
+        let (status, v) = self.post("/api/v1/instances", &body);
+        if status != 201 {
+            self.dump();
+            panic!("spawn {body} failed: {status} {v}");
+        }
+        v
+    }
+
+    pub fn instance(&self, r: &str) -> Value {
+        let (status, v) = self.get(&format!("/api/v1/instances/{r}"));
+        assert_eq!(status, 200, "get {r}: {v}");
+        v
+    }
+
+    /// Waits until the instance's state is `state` and returns it.
+    pub fn wait_state(&self, r: &str, state: &str, deadline: Duration) -> Value {
+        let mut last = Value::Null;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(&format!("{r} to be {state}"), deadline, || {
+                let v = self.instance(r);
+                last = v.clone();
+                (v["state"] == state).then_some(v)
+            })
+        }));
+        match found {
+            Ok(v) => v,
+            Err(_) => {
+                self.dump();
+                panic!("{r} did not reach {state} within {deadline:?}; last: {last}");
+            }
+        }
+    }
+
+    /// Output text of an instance (escapes stripped).
+    pub fn output(&self, r: &str) -> String {
+        let (status, v) = self.get(&format!("/api/v1/instances/{r}/output"));
+        assert_eq!(status, 200, "{v}");
+        v["text"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn wait_output(&self, r: &str, needle: &str) -> String {
+        wait_until(
+            &format!("{needle:?} in the output of {r}"),
+            Duration::from_secs(10),
+            || {
+                let t = self.output(r);
+                t.contains(needle).then_some(t)
+            },
+        )
+    }
+
+    pub fn dump(&self) {
+        eprintln!(
+            "---- daemon log ({}) ----\n{}\n---- end ----",
+            self.log_path().display(),
+            std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        );
+    }
+
+    pub fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The tmux server daemonizes away from the daemon: stop it explicitly.
+        let _ = self.tmux(&["kill-server"]);
+        if std::env::var_os("CORRAL_KEEP_TEST_DIRS").is_some() {
+            let p = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!("kept test dir {}", p.display());
+        }
+    }
+}
+
+/// Processes whose process group is `pgid` (zombies excluded).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some((state, pg)) = stat(pid) {
+            if pg == pgid && state != 'Z' {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// (state, pgid) from /proc/PID/stat.
+pub fn stat(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|(s, _)| s != 'Z')
+}
+
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+}
