@@ -110,7 +110,7 @@ pub struct InstanceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// `terminate`: stop every instance on shutdown; `detach`: leave tmux instances running.
+    /// `terminate`: stop every instance on shutdown (the only mode until re-adoption exists).
     pub agents: String,
     /// Grace period per instance when terminating on shutdown.
     pub grace_s: f64,
@@ -420,11 +420,11 @@ impl Config {
         if !(5..=500).contains(&i.rows) {
             return bad("instance.rows", &i.rows, "must be 5-500");
         }
-        if !matches!(self.shutdown.agents.as_str(), "terminate" | "detach") {
+        if self.shutdown.agents != "terminate" {
             return bad(
                 "shutdown.agents",
                 &self.shutdown.agents,
-                "must be \"terminate\" or \"detach\"",
+                "must be \"terminate\" (\"detach\" needs re-adoption after a restart, which this corral does not do yet)",
             );
         }
         if !(self.shutdown.grace_s.is_finite() && (0.0..=3600.0).contains(&self.shutdown.grace_s)) {
