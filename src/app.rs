@@ -52,10 +52,14 @@ pub async fn run(
         .await?;
     info!(%addr, state_dir = %paths.state_dir.display(), "corral serving");
 
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    metrics.spawn_observer(&sup);
     let app = http::router(AppState {
         sup: sup.clone(),
         cfg: cfg.clone(),
+        metrics,
         started: Instant::now(),
+        shutdown: shutdown.clone(),
     });
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(async move {

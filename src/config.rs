@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub token: String,
     /// Extra Origins allowed to call the API from a browser (loopback origins always are).
     pub allowed_origins: Vec<String>,
+    /// Extra `Host` header values accepted (loopback names and `host` always are). With a
+    /// token and a non-loopback bind, an empty list accepts any Host (the token protects).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             port: 8001,
             token: String::new(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -497,6 +501,36 @@ impl Config {
             db_path,
             state_dir,
         }
+    }
+
+    /// Whether `server.host` is a loopback address.
+    pub fn loopback_bind(&self) -> bool {
+        self.server.host == "localhost"
+            || self
+                .server
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Host names (without port) that requests may carry in `Host`, or `None` for any.
+    pub fn allowed_hosts(&self) -> Option<Vec<String>> {
+        if !self.loopback_bind()
+            && !self.server.token.is_empty()
+            && self.server.allowed_hosts.is_empty()
+        {
+            return None;
+        }
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let h = self.server.host.as_str();
+        if h != "0.0.0.0" && h != "::" && !hosts.iter().any(|x| x == h) {
+            hosts.push(h.to_string());
+        }
+        hosts.extend(self.server.allowed_hosts.iter().cloned());
+        Some(hosts)
     }
 
     /// The base URL a local client uses to reach this daemon's configured address.

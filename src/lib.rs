@@ -4,7 +4,10 @@
 //! - `main.rs`: thin: parse the CLI, dispatch.
 //! - [`cli`]: clap definitions and the client commands that talk to the local daemon.
 //! - [`app`]: wiring of store, supervisor and HTTP; ordered shutdown.
-//! - [`http`]: axum router: `/health`, `/ready`, the JSON API `/api/v1`, auth and Origin guards.
+//! - [`http`]: axum router: `/health`, `/ready`, `/metrics`, the status page, the JSON API
+//!   `/api/v1`, `/mcp`; auth and Origin guards.
+//! - [`mcp`]: the MCP tools (rmcp), served over Streamable HTTP at `/mcp`.
+//! - [`metrics`]: Prometheus counters and gauges.
 //! - [`supervisor`]: the `Supervisor` handle, one task per instance, the lifecycle state
 //!   machine ([`supervisor::instance`]), output ring and logs ([`supervisor::output`]).
 //! - [`backend`]: start a process in tmux or a PTY; input, resize, output stream, exit (pidfd).
@@ -20,6 +23,8 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod mcp;
+pub mod metrics;
 pub mod model;
 pub mod signals;
 pub mod store;

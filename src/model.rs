@@ -233,6 +233,8 @@ pub struct SpawnRequest {
     pub ready_pattern: Option<String>,
     pub cols: Option<u16>,
     pub rows: Option<u16>,
+    /// Output silence (ms) that ends a turn; default `instance.turn_quiet_ms`.
+    pub turn_quiet_ms: Option<u64>,
     /// Wait until the instance is ready (or failed) before answering.
     #[serde(default)]
     pub wait_ready: bool,

@@ -1,5 +1,6 @@
 //! The core supervisor end to end: the real daemon, real tmux on a private socket, real PTYs,
 //! real SQLite, driven through the CLI and the HTTP API.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 

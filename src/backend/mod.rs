@@ -187,6 +187,15 @@ impl Control {
         }
     }
 
+    /// The interrupt key: Ctrl-C through the terminal (the line discipline turns it into
+    /// SIGINT for the foreground process group; a TUI may handle it itself).
+    pub async fn interrupt(&self) -> io::Result<()> {
+        match self {
+            Control::Pty { fd, .. } => pty::write_all(fd, b"\x03").await,
+            Control::Tmux { tmux, session } => tmux.send_keys(session, &["C-c"]).await,
+        }
+    }
+
     pub async fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         match self {
             Control::Pty { master, .. } => {

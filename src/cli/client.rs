@@ -155,6 +155,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 ready_pattern,
                 cols: None,
                 rows: None,
+                turn_quiet_ms: None,
                 wait_ready: !no_wait,
             };
             let info: InstanceInfo = c.json(c.req(Method::POST, "/instances").json(&req)).await?;

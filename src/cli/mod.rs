@@ -2,7 +2,7 @@
 //! the local daemon's `/api/v1` (see [`client`]).
 
 mod client;
-mod table;
+pub(crate) mod table;
 
 use std::path::PathBuf;
 use std::sync::Arc;

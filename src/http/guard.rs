@@ -42,7 +42,55 @@ pub fn origin_allowed(origin: &str, cfg: &Config) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
+/// Whether a `Host` header (with or without port) names an allowed host.
+pub fn host_allowed(host: &str, cfg: &Config) -> bool {
+    let Some(allowed) = cfg.allowed_hosts() else {
+        return true;
+    };
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    allowed.iter().any(|a| a == name || a == host)
+}
+
+fn deny(status: StatusCode, code: &str, msg: String) -> Box<Response> {
+    Box::new(
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": msg, "code": code })),
+        )
+            .into_response(),
+    )
+}
+
+/// The bearer token, or the password of HTTP Basic credentials (for browsers).
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let b = v.strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    Some(s.split_once(':').map_or(s.clone(), |(_, p)| p.to_string()))
+}
+
 pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Box<Response>> {
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !host_allowed(host, cfg) {
+            return Err(deny(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!("host {host:?} is not allowed (server.allowed_hosts)"),
+            ));
+        }
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(origin, cfg) {
@@ -60,18 +108,17 @@ pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Box<Response>> {
     if token.is_empty() {
         return Ok(());
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = presented_token(headers).unwrap_or_default();
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Ok(());
     }
     Err(Box::new(
         (
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"corral\"")],
+            [(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"corral\", Basic realm=\"corral\"",
+            )],
             axum::Json(serde_json::json!({
                 "error": "missing or wrong bearer token (Authorization: Bearer <server.token>)",
                 "code": "unauthorized"
@@ -99,6 +146,24 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn hosts() {
+        let mut cfg = Config::default();
+        assert!(host_allowed("127.0.0.1:8001", &cfg));
+        assert!(host_allowed("localhost", &cfg));
+        assert!(host_allowed("[::1]:8001", &cfg));
+        assert!(!host_allowed("evil.example:8001", &cfg));
+        cfg.server.allowed_hosts = vec!["corral.internal".into()];
+        assert!(host_allowed("corral.internal:8001", &cfg));
+        cfg.server.host = "0.0.0.0".into();
+        cfg.server.token = "0123456789abcdef".into();
+        cfg.server.allowed_hosts.clear();
+        assert!(
+            host_allowed("10.1.2.3:8001", &cfg),
+            "token-protected public bind accepts any Host"
+        );
     }
 
     #[test]

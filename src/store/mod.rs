@@ -71,6 +71,11 @@ pub fn open_connection(path: &Path, synchronous: &str) -> Result<Connection, Sto
         source,
     };
     let mut conn = Connection::open(path).map_err(open_err)?;
+    {
+        // The database holds instance environments: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
     conn.pragma_update(None, "synchronous", synchronous)
@@ -258,6 +263,19 @@ impl Store {
                 )
                 .optional()?
                 .transpose()
+        })
+        .await
+    }
+
+    /// The stored spawn spec (a `SpawnRequest` as JSON) of an instance.
+    pub async fn spec(&self, id: String) -> Result<Option<String>, StoreError> {
+        self.call(move |db| {
+            Ok(db
+                .conn
+                .query_row("SELECT spec FROM instances WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?)
         })
         .await
     }

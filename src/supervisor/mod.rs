@@ -7,6 +7,7 @@
 //! reads what the task publishes (snapshot, output ring, chunk broadcast). Ended instances are
 //! read from the store. Nothing here knows about HTTP or MCP.
 
+pub mod files;
 pub mod instance;
 pub mod output;
 mod plan;
@@ -81,6 +82,18 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Broadcasts an event the store has committed.
+    pub fn announce(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Commits an event that changes no instance row, then broadcasts it.
+    pub async fn note(&self, ev: Event) -> Result<(), StoreError> {
+        let ev = self.store.event(ev).await?;
+        self.announce(ev);
+        Ok(())
+    }
+
     pub fn remove_live(&self, id: &str) {
         let n = {
             let mut live = lock(&self.live);
@@ -213,7 +226,8 @@ impl Supervisor {
                 data: json!({ "previous_pid": info.pid, "session_alive": session_alive }),
             };
             warn!(id = %info.id, name = %info.name, "marking instance lost");
-            self.inner.store.record(info, ev).await?;
+            let ev = self.inner.store.record(info, ev).await?;
+            self.inner.announce(ev);
         }
         Ok(())
     }
@@ -331,10 +345,12 @@ impl Supervisor {
                 "workspace": info.workspace,
             }),
         );
-        self.inner
+        let ev = self
+            .inner
             .store
             .insert_instance(info.clone(), spec_json, ev)
             .await?;
+        self.inner.announce(ev);
 
         let spec = plan.launch_spec(name, &workspace, id);
         let launched = backend::launch(
@@ -358,7 +374,8 @@ impl Supervisor {
                     "exit",
                     json!({ "state": "failed", "reason": "spawn_failed", "detail": msg }),
                 );
-                self.inner.store.record(info, ev).await?;
+                let ev = self.inner.store.record(info, ev).await?;
+                self.inner.announce(ev);
                 return Err(SupervisorError::SpawnFailed(msg));
             }
         };
@@ -377,7 +394,7 @@ impl Supervisor {
         .ok();
         let now = Instant::now();
         let start_timeout = Duration::from_secs_f64(cfg.instance.start_timeout_s);
-        let quiet = Duration::from_millis(cfg.instance.turn_quiet_ms);
+        let quiet = Duration::from_millis(plan.turn_quiet_ms);
         let timers = Timers {
             idle: (plan.idle_timeout_s > 0).then(|| Duration::from_secs(plan.idle_timeout_s)),
             wall_deadline: (plan.wall_timeout_s > 0)
@@ -805,6 +822,89 @@ impl Supervisor {
             .store
             .events(id, after, limit.clamp(1, 10_000))
             .await?)
+    }
+
+    /// Sends the terminal's interrupt key (Ctrl-C) to the instance; it keeps running.
+    pub async fn interrupt(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
+        let h = self.live_handle_or_ended(r).await?;
+        let (tx, rx) = oneshot::channel();
+        h.ctl
+            .send(Ctl::Interrupt { reply: tx })
+            .await
+            .map_err(|_| ended(r))?;
+        rx.await.map_err(|_| ended(r))??;
+        let info = h.shared.info.borrow().clone();
+        Ok(info)
+    }
+
+    /// The newest turn of a live instance (0 when nothing was sent).
+    pub async fn latest_turn(&self, r: &str) -> Result<u64, SupervisorError> {
+        Ok(self.get(r).await?.turns)
+    }
+
+    /// Starts an ended instance again: the same command, environment and settings, in the
+    /// same workspace and under the same name, as a new instance (ids are never reused).
+    pub async fn resume(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
+        let old = self.get(r).await?;
+        if old.state.is_live() {
+            return Err(SupervisorError::State(format!(
+                "instance {:?} is {}; only an ended instance can be resumed",
+                old.name,
+                old.state.as_str()
+            )));
+        }
+        let spec = self
+            .inner
+            .store
+            .spec(old.id.clone())
+            .await?
+            .ok_or_else(|| not_found(r))?;
+        let mut req: SpawnRequest = serde_json::from_str(&spec).map_err(|e| {
+            SupervisorError::Backend(format!("stored spec of {:?} is unreadable: {e}", old.name))
+        })?;
+        req.name = Some(old.name.clone());
+        req.workspace = std::path::Path::new(&old.workspace)
+            .strip_prefix(&self.inner.paths.workspace_root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_string);
+        req.wait_ready = false;
+        let info = self.spawn(req).await?;
+        let ev = self.event(&info, "resumed", json!({ "from": old.id }));
+        self.inner.note(ev).await?;
+        Ok(info)
+    }
+
+    /// Lists a directory inside the instance's workspace.
+    pub async fn list_files(
+        &self,
+        r: &str,
+        path: &str,
+        max: usize,
+    ) -> Result<files::Listing, SupervisorError> {
+        let info = self.get(r).await?;
+        files::list(std::path::Path::new(&info.workspace), path, max)
+    }
+
+    /// Reads part of a file inside the instance's workspace.
+    pub async fn read_file(
+        &self,
+        r: &str,
+        path: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<files::FileChunk, SupervisorError> {
+        let info = self.get(r).await?;
+        files::read(std::path::Path::new(&info.workspace), path, offset, max)
+    }
+
+    /// Snapshots of the live instances.
+    pub fn live_infos(&self) -> Vec<InstanceInfo> {
+        lock(&self.inner.live)
+            .values()
+            .filter_map(|s| s.handle.as_ref())
+            .map(|h| h.shared.info.borrow().clone())
+            .collect()
     }
 
     /// Counts of live instances by state.

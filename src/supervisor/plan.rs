@@ -34,6 +34,7 @@ pub struct Plan {
     pub ready_pattern: Option<String>,
     pub cols: u16,
     pub rows: u16,
+    pub turn_quiet_ms: u64,
     pub stop_signal: Signal,
 }
 
@@ -129,6 +130,12 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
     if let Some(ws) = &req.workspace {
         check_workspace_name(ws)?;
     }
+    let turn_quiet_ms = req.turn_quiet_ms.unwrap_or(cfg.instance.turn_quiet_ms);
+    if !(1..=600_000).contains(&turn_quiet_ms) {
+        return Err(invalid(format!(
+            "turn_quiet_ms = {turn_quiet_ms}: must be 1-600000"
+        )));
+    }
     let stop_signal = parse_signal(&cfg.instance.stop_signal).unwrap_or(Signal::SIGTERM);
     let plan = Plan {
         name: req.name,
@@ -143,6 +150,7 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         ready_pattern: req.ready_pattern,
         cols,
         rows,
+        turn_quiet_ms,
         stop_signal,
     };
     plan.check_program()?;
@@ -257,19 +265,22 @@ impl Plan {
         }
     }
 
-    /// What the store keeps of the request (environment values are left out).
+    /// What the store keeps of the request, as a `SpawnRequest` (so `resume` can replay it).
+    /// It holds environment values: the database is private to the daemon (0600) and this
+    /// column is never returned by the API or written to events or logs.
     pub fn spec_json(&self) -> String {
         serde_json::json!({
             "kind": self.kind.as_str(),
             "backend": self.backend.as_str(),
             "argv": self.argv,
-            "env_keys": self.env.keys().collect::<Vec<_>>(),
+            "env": self.env,
             "workspace": self.workspace,
             "idle_timeout_s": self.idle_timeout_s,
             "wall_timeout_s": self.wall_timeout_s,
             "ready_pattern": self.ready_pattern,
             "cols": self.cols,
             "rows": self.rows,
+            "turn_quiet_ms": self.turn_quiet_ms,
         })
         .to_string()
     }

@@ -44,6 +44,9 @@ pub(crate) enum Ctl {
         lines: u32,
         reply: oneshot::Sender<Option<String>>,
     },
+    Interrupt {
+        reply: oneshot::Sender<Result<(), SupervisorError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -306,8 +309,7 @@ impl Task {
                 if r.is_ok() {
                     let _ = self
                         .inner
-                        .store
-                        .event(self.event("resize", json!({"cols": cols, "rows": rows})))
+                        .note(self.event("resize", json!({"cols": cols, "rows": rows})))
                         .await;
                 }
                 let _ = reply.send(r);
@@ -322,6 +324,23 @@ impl Task {
             }
             Ctl::Screen { lines, reply } => {
                 let _ = reply.send(self.control.screen(lines).await);
+            }
+            Ctl::Interrupt { reply } => {
+                let r = if self.state.is_ended() || matches!(self.state, State::Stopping { .. }) {
+                    Err(self.rejected(Rejected::Stopping))
+                } else {
+                    match self.control.interrupt().await {
+                        Ok(()) => {
+                            let _ = self.inner.note(self.event("interrupt", json!({}))).await;
+                            self.timers.last_activity = Instant::now();
+                            Ok(())
+                        }
+                        Err(e) => Err(SupervisorError::Backend(format!(
+                            "sending the interrupt failed: {e}"
+                        ))),
+                    }
+                };
+                let _ = reply.send(r);
             }
         }
     }
@@ -361,6 +380,9 @@ impl Task {
             }
             Ctl::Screen { reply, .. } => {
                 let _ = reply.send(None);
+            }
+            Ctl::Interrupt { reply } => {
+                let _ = reply.send(Err(err()));
             }
         }
     }
@@ -482,8 +504,7 @@ impl Task {
                 let _ = pidfd::signal_group(pid, Signal::SIGKILL);
                 let _ = self
                     .inner
-                    .store
-                    .event(self.event("kill_escalated", json!({})))
+                    .note(self.event("kill_escalated", json!({})))
                     .await;
             }
         }

@@ -1,0 +1,155 @@
+//! Tool arguments. Doc comments become the JSON-schema descriptions that MCP clients (and the
+//! models behind them) read, so they say what a value means and what is accepted.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnArgs {
+    /// Name for the new instance: lowercase letters, digits, '-' and '_', starting with a
+    /// letter or digit, at most 63 characters, unique among running instances. Default: made
+    /// from the kind and the id.
+    pub name: Option<String>,
+    /// What to run. "command" runs any program given in `argv`. Default "command".
+    pub kind: Option<String>,
+    /// The program and its arguments, e.g. ["python3", "worker.py", "--fast"]. The program
+    /// is looked up on PATH.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// "tmux" (default: an operator can attach to it) or "pty".
+    pub backend: Option<String>,
+    /// Extra environment variables for the instance (names like FOO_BAR).
+    pub env: Option<BTreeMap<String, String>>,
+    /// Run in this existing directory directly under the workspace root (a plain name, e.g.
+    /// the id of an earlier instance). Default: a fresh, empty workspace.
+    pub workspace: Option<String>,
+    /// Stop the instance after this many seconds without output or input. 0 disables.
+    /// Default from the server's config (1800).
+    pub idle_timeout_s: Option<u64>,
+    /// Stop the instance this many seconds after it started. 0 disables (the default).
+    pub wall_timeout_s: Option<u64>,
+    /// Regular expression that marks the instance ready when it appears in its output.
+    pub ready_pattern: Option<String>,
+    /// Milliseconds of output silence after which a message's turn counts as finished (for
+    /// commands that print nothing while they work, raise it). Default from the server (800).
+    pub turn_quiet_ms: Option<u64>,
+    /// Wait (up to the start timeout) until the instance is ready or has failed before
+    /// answering. Default false: answer at once with state "starting".
+    pub wait_ready: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceArgs {
+    /// The instance's id or name.
+    pub instance: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// The message to type into the instance's terminal.
+    pub text: String,
+    /// Press Enter after the text. Default true.
+    pub enter: Option<bool>,
+    /// Wait for the reply (the turn's output) before answering. Default false: answer at
+    /// once with a turn number for wait_for_reply.
+    pub wait: Option<bool>,
+    /// With wait: seconds to wait, 0-50, default 30. A wait that times out says so; the turn
+    /// keeps running and wait_for_reply can pick it up.
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// The turn number send_message returned. Default: the newest turn.
+    pub turn: Option<u64>,
+    /// Seconds to wait, 0-50, default 30.
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// "log" (default): the most recent output stream; "screen": what the terminal shows now
+    /// (tmux instances only).
+    pub source: Option<String>,
+    /// At most this many lines from the end, 1-5000. Default 100.
+    pub lines: Option<usize>,
+    /// At most this many bytes from the end, 1-1048576. Default 16384.
+    pub max_bytes: Option<usize>,
+    /// Remove terminal escape sequences (colours, cursor movement). Default true.
+    pub strip_ansi: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// Include instances that have ended. Default false.
+    pub all: Option<bool>,
+    /// Only instances in this state (starting, ready, busy, paused, stopping, exited, killed,
+    /// failed, lost).
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TerminateArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// Seconds between the polite signal (SIGTERM to its process group) and SIGKILL, 0-3600.
+    /// Default from the server's config (10).
+    pub grace_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// Most US dollars the instance may spend.
+    pub max_cost_usd: Option<f64>,
+    /// Most tokens the instance may use.
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageArgs {
+    /// One instance's id or name. Default: the whole fleet.
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilesArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// Directory relative to the instance's workspace. Default "." (the workspace itself).
+    pub path: Option<String>,
+    /// At most this many entries, 1-1000. Default 200.
+    pub max_entries: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileArgs {
+    /// The instance's id or name.
+    pub instance: String,
+    /// File path relative to the instance's workspace.
+    pub path: String,
+    /// Byte offset to start reading at. Default 0.
+    pub offset: Option<u64>,
+    /// At most this many bytes, 1-1048576. Default 65536.
+    pub max_bytes: Option<usize>,
+}
