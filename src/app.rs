@@ -42,8 +42,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let paths = cfg.paths();
     prepare_dirs(&paths)?;
-    let store = Store::open(&paths.db_path, &cfg.store.synchronous, paths.audit_dir())
-        .with_context(|| format!("opening the store at {}", paths.db_path.display()))?;
+    let store = Store::open(
+        &paths.db_path,
+        &cfg.store.synchronous,
+        paths.audit_dir(),
+        cfg.log.audit_retention_days,
+    )
+    .with_context(|| format!("opening the store at {}", paths.db_path.display()))?;
     let sup = Supervisor::start(cfg.clone(), store.clone()).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     write_daemon_file(&paths, &addr.to_string()).context("writing the daemon file")?;
@@ -52,6 +57,11 @@ pub async fn run(
         .await?;
     info!(%addr, state_dir = %paths.state_dir.display(), "corral serving");
 
+    spawn_audit_pruner(
+        paths.audit_dir(),
+        cfg.log.audit_retention_days,
+        shutdown.clone(),
+    );
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     metrics.spawn_observer(&sup);
     let app = http::router(AppState {
@@ -70,8 +80,11 @@ pub async fn run(
 
     shutdown.cancelled().await;
     info!("shutdown: stopping instances");
-    sup.shutdown(Duration::from_secs_f64(cfg.shutdown.grace_s))
-        .await;
+    sup.shutdown(
+        Duration::from_secs_f64(cfg.shutdown.grace_s),
+        cfg.shutdown.agents == "detach",
+    )
+    .await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "http server error"),
@@ -87,6 +100,30 @@ pub async fn run(
     let _ = std::fs::remove_file(paths.daemon_file());
     info!("corral stopped");
     Ok(())
+}
+
+/// Deletes expired audit files now and once a day.
+fn spawn_audit_pruner(dir: std::path::PathBuf, days: u32, shutdown: CancellationToken) {
+    if days == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
+        loop {
+            tokio::select! {
+                _ = daily.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let today = chrono::Utc::now().date_naive();
+            match crate::audit::prune(&dir, days, today) {
+                Ok(removed) if !removed.is_empty() => {
+                    info!(files = removed.len(), "pruned old audit files")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "pruning audit files failed"),
+            }
+        }
+    });
 }
 
 fn daemon_event(kind: &str, data: serde_json::Value) -> Event {

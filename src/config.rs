@@ -113,7 +113,8 @@ pub struct InstanceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// `terminate`: stop every instance on shutdown (the only mode until re-adoption exists).
+    /// `terminate`: stop every instance on shutdown; `detach`: leave tmux instances running for
+    /// the next daemon to adopt (PTY instances are stopped either way).
     pub agents: String,
     /// Grace period per instance when terminating on shutdown.
     pub grace_s: f64,
@@ -126,6 +127,8 @@ pub struct LogConfig {
     pub level: String,
     /// `pretty` or `json`.
     pub format: String,
+    /// Audit files older than this many days are deleted (at start and daily); 0 keeps all.
+    pub audit_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -197,6 +200,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: "pretty".into(),
+            audit_retention_days: 90,
         }
     }
 }
@@ -424,11 +428,11 @@ impl Config {
         if !(5..=500).contains(&i.rows) {
             return bad("instance.rows", &i.rows, "must be 5-500");
         }
-        if self.shutdown.agents != "terminate" {
+        if !matches!(self.shutdown.agents.as_str(), "terminate" | "detach") {
             return bad(
                 "shutdown.agents",
                 &self.shutdown.agents,
-                "must be \"terminate\" (\"detach\" needs re-adoption after a restart, which this corral does not do yet)",
+                "must be \"terminate\" or \"detach\"",
             );
         }
         if !(self.shutdown.grace_s.is_finite() && (0.0..=3600.0).contains(&self.shutdown.grace_s)) {

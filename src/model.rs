@@ -189,6 +189,10 @@ pub struct InstanceInfo {
     pub exit_signal: Option<i32>,
     /// Process group leader while live.
     pub pid: Option<i32>,
+    /// Start time of `pid` (clock ticks after boot, /proc/PID/stat field 22) and the boot id:
+    /// together they identify the process, so a recycled pid is never adopted.
+    pub pid_start: Option<u64>,
+    pub boot_id: Option<String>,
     pub argv: Vec<String>,
     /// Names of the extra environment variables (values are never exposed).
     pub env_keys: Vec<String>,

@@ -125,12 +125,7 @@ pub async fn launch(
             })
         }
         BackendKind::Tmux => {
-            std::fs::create_dir_all(fifo_dir)?;
-            let path = fifo_dir.join(fifo_name);
-            let _ = std::fs::remove_file(&path);
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-            let rx = pipe::OpenOptions::new().open_receiver(&path)?;
-            let keepalive = pipe::OpenOptions::new().open_sender(&path)?;
+            let (rx, keepalive, path) = open_fifo(fifo_dir, fifo_name)?;
             let pid = match tmux.new_session(spec, &path).await {
                 Ok(pid) => pid,
                 Err(e) => {
@@ -138,30 +133,70 @@ pub async fn launch(
                     return Err(e);
                 }
             };
-            // ESRCH: it already exited and tmux reaped it; the pane status has the answer.
-            let pidfd = PidFd::open(pid).ok();
-            Ok(Launched {
-                pid,
-                control: Control::Tmux {
-                    tmux: tmux.clone(),
-                    session: spec.session.clone(),
-                },
-                output: Output::Fifo {
-                    rx,
-                    keepalive: Some(keepalive),
-                    path,
-                },
-                exit: ExitWaiter {
-                    pid,
-                    pidfd,
-                    how: ExitHow::Pane {
-                        tmux: tmux.clone(),
-                        session: spec.session.clone(),
-                    },
-                },
-            })
+            Ok(tmux_parts(tmux, &spec.session, pid, rx, keepalive, path))
         }
     }
+}
+
+/// A FIFO for a pane's output, opened for reading, plus our own keep-alive write end.
+fn open_fifo(dir: &Path, name: &str) -> io::Result<(pipe::Receiver, pipe::Sender, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let rx = pipe::OpenOptions::new().open_receiver(&path)?;
+    let keepalive = pipe::OpenOptions::new().open_sender(&path)?;
+    Ok((rx, keepalive, path))
+}
+
+fn tmux_parts(
+    tmux: &Tmux,
+    session: &str,
+    pid: i32,
+    rx: pipe::Receiver,
+    keepalive: pipe::Sender,
+    path: PathBuf,
+) -> Launched {
+    // ESRCH: it already exited and tmux reaped it; the pane status has the answer.
+    let pidfd = PidFd::open(pid).ok();
+    Launched {
+        pid,
+        control: Control::Tmux {
+            tmux: tmux.clone(),
+            session: session.to_string(),
+        },
+        output: Output::Fifo {
+            rx,
+            keepalive: Some(keepalive),
+            path,
+        },
+        exit: ExitWaiter {
+            pid,
+            pidfd,
+            how: ExitHow::Pane {
+                tmux: tmux.clone(),
+                session: session.to_string(),
+            },
+        },
+    }
+}
+
+/// Takes over a live tmux pane left by a previous daemon: its output is piped into a new FIFO
+/// (replacing the dead daemon's pipe) and its exit is watched through a new pidfd. The caller
+/// has verified that `pid` is the recorded process.
+pub async fn adopt_tmux(
+    tmux: &Tmux,
+    session: &str,
+    pid: i32,
+    fifo_dir: &Path,
+    fifo_name: &str,
+) -> io::Result<Launched> {
+    let (rx, keepalive, path) = open_fifo(fifo_dir, fifo_name)?;
+    if let Err(e) = tmux.repipe(session, &path).await {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(tmux_parts(tmux, session, pid, rx, keepalive, path))
 }
 
 impl Control {

@@ -47,6 +47,31 @@ pub fn group_alive(pgid: i32) -> bool {
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
 }
 
+/// The start time of `pid` in clock ticks after boot (/proc/PID/stat field 22).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// This boot's id: process start times are only comparable within one boot.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Whether `pid` is the process recorded as (`start`, `boot`): alive, not a zombie, same start
+/// time, same boot.
+pub fn same_process(pid: i32, start: Option<u64>, boot: Option<&str>) -> bool {
+    let (Some(start), Some(boot)) = (start, boot) else {
+        return false;
+    };
+    let alive =
+        zombie_status(pid).is_none() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+    alive && start_time(pid) == Some(start) && boot_id().as_deref() == Some(boot)
+}
+
 /// The exit status of `pid` while it is an unreaped zombie, from `/proc/PID/stat` field 52
 /// (`exit_code`, the raw wait status; Linux ≥ 3.5). `None` when the process is not a zombie
 /// (still running, or already reaped by its parent).
@@ -114,6 +139,18 @@ mod tests {
             })
         );
         assert_eq!(parse_zombie_stat(&stat_line("S", 0)), None);
+    }
+
+    #[test]
+    fn identifies_a_process_by_start_time() {
+        let me = std::process::id() as i32;
+        let start = start_time(me);
+        assert!(start.is_some());
+        let boot = boot_id();
+        assert!(same_process(me, start, boot.as_deref()));
+        assert!(!same_process(me, start.map(|s| s + 1), boot.as_deref()));
+        assert!(!same_process(me, start, Some("another-boot")));
+        assert!(!same_process(me, None, boot.as_deref()));
     }
 
     #[test]

@@ -127,6 +127,24 @@ impl Tmux {
             .map_err(|_| io::Error::other(format!("tmux new-session printed {out:?}, not a pid")))
     }
 
+    /// Closes the pane's current output pipe and opens a new one into `fifo`.
+    pub async fn repipe(&self, session: &str, fifo: &Path) -> io::Result<()> {
+        let target = pane_target(session);
+        self.run(&[
+            "pipe-pane".into(),
+            "-t".into(),
+            target.clone(),
+            ";".into(),
+            "pipe-pane".into(),
+            "-O".into(),
+            "-t".into(),
+            target,
+            format!("exec cat > {}", shell_quote(&fifo.display().to_string())),
+        ])
+        .await
+        .map(|_| ())
+    }
+
     pub async fn pane_status(&self, session: &str) -> io::Result<PaneStatus> {
         let out = self
             .run(&[

@@ -249,7 +249,16 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 describe_end(&info)
             );
         }
-        Command::Serve | Command::CheckConfig | Command::Version => {
+        Command::Resume { name } => {
+            let info: InstanceInfo = c
+                .json(c.req(
+                    Method::POST,
+                    &format!("/instances/{}/resume", path_seg(&name)),
+                ))
+                .await?;
+            println!("{}\t{}\t{}", info.name, info.id, info.state.as_str());
+        }
+        Command::Serve | Command::CheckConfig | Command::Backup { .. } | Command::Version => {
             unreachable!("handled in cli::main")
         }
     }

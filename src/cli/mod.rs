@@ -117,6 +117,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Start an ended instance again (same command, workspace and name; new id).
+    Resume { name: String },
+    /// Copy the database to PATH with SQLite's online backup (safe while the daemon runs).
+    Backup { path: PathBuf },
     /// Print the version.
     Version,
 }
@@ -133,6 +137,7 @@ pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve => serve(cfg),
         Command::CheckConfig => check_config(&cfg),
+        Command::Backup { path } => backup(&cfg, &path),
         Command::Version => {
             println!("corral {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -146,6 +151,21 @@ pub fn main(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+fn backup(cfg: &Config, dest: &std::path::Path) -> anyhow::Result<()> {
+    let src = cfg.paths().db_path;
+    if !src.exists() {
+        anyhow::bail!("no database at {} (store.path)", src.display());
+    }
+    crate::store::backup(&src, dest)?;
+    let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backed up {} to {} ({size} bytes, integrity ok)",
+        src.display(),
+        dest.display()
+    );
+    Ok(())
 }
 
 fn check_config(cfg: &Config) -> anyhow::Result<()> {

@@ -230,6 +230,13 @@ pub async fn resize(
     Ok(Json(json!({ "cols": b.cols, "rows": b.rows })))
 }
 
+pub async fn resume(
+    State(st): State<AppState>,
+    Path(r): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(st.sup.resume(&r).await?)))
+}
+
 pub async fn attach(
     State(st): State<AppState>,
     Path(r): Path<String>,

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (instance_id, seq)
     );
     "#,
+    // v2: process identity for re-adoption after a restart
+    r#"
+    ALTER TABLE instances ADD COLUMN pid_start INTEGER;
+    ALTER TABLE instances ADD COLUMN boot_id TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -116,10 +116,42 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens the database and starts the store thread.
-    pub fn open(path: &Path, synchronous: &str, audit_dir: PathBuf) -> Result<Store, StoreError> {
+    /// Opens the database, completes the audit log, and starts the store thread.
+    ///
+    /// An event is committed and then appended to the audit log; a crash between the two
+    /// leaves the log short. Before serving, every event after the log's last sequence number
+    /// is appended (or, with no audit files at all, those from the last `retention_days`).
+    pub fn open(
+        path: &Path,
+        synchronous: &str,
+        audit_dir: PathBuf,
+        retention_days: u32,
+    ) -> Result<Store, StoreError> {
         let conn = open_connection(path, synchronous)?;
-        let audit = AuditLog::new(audit_dir)?;
+        let mut audit = AuditLog::new(audit_dir.clone())?;
+        let last = crate::audit::last_seq(&audit_dir)?;
+        let since_ts = match (last, retention_days) {
+            (Some(_), _) | (None, 0) => 0,
+            (None, days) => crate::model::now_ms() - i64::from(days) * 86_400_000,
+        };
+        let mut stmt = conn.prepare(
+            "SELECT seq, ts, instance_id, name, kind, data FROM events WHERE seq > ?1 AND ts >= ?2 ORDER BY seq",
+        )?;
+        let missing = stmt.query_map(params![last.unwrap_or(0), since_ts], |r| {
+            let data: String = r.get(5)?;
+            Ok(Event {
+                seq: r.get(0)?,
+                ts: r.get(1)?,
+                instance_id: r.get(2)?,
+                name: r.get(3)?,
+                kind: r.get(4)?,
+                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        for ev in missing {
+            audit.append(&ev?)?;
+        }
+        drop(stmt);
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("corral-store".into())
@@ -161,9 +193,9 @@ impl Store {
                 "INSERT INTO instances (id, name, kind, backend, parent_id, state, reason,
                     reason_detail, exit_code, exit_signal, pid, argv, env_keys, spec, workspace,
                     tmux_session, idle_timeout_s, wall_timeout_s, created_at, started_at,
-                    ended_at, last_activity_at, output_bytes, turns, cost_usd)
+                    ended_at, last_activity_at, output_bytes, turns, cost_usd, pid_start, boot_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                 params![
                     info.id,
                     info.name,
@@ -190,6 +222,8 @@ impl Store {
                     info.output_bytes as i64,
                     info.turns as i64,
                     info.cost_usd,
+                    info.pid_start.map(|v| v as i64),
+                    info.boot_id,
                 ],
             )?;
             let event = insert_event(&tx, event)?;
@@ -263,6 +297,16 @@ impl Store {
                 )
                 .optional()?
                 .transpose()
+        })
+        .await
+    }
+
+    /// `PRAGMA integrity_check`: "ok" or the problems found.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        self.call(|db| {
+            Ok(db
+                .conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
         })
         .await
     }
@@ -370,7 +414,8 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
     conn.execute(
         "UPDATE instances SET state = ?2, reason = ?3, reason_detail = ?4, exit_code = ?5,
             exit_signal = ?6, pid = ?7, tmux_session = ?8, started_at = ?9, ended_at = ?10,
-            last_activity_at = ?11, output_bytes = ?12, turns = ?13, cost_usd = ?14
+            last_activity_at = ?11, output_bytes = ?12, turns = ?13, cost_usd = ?14,
+            pid_start = ?15, boot_id = ?16
          WHERE id = ?1",
         params![
             info.id,
@@ -387,6 +432,8 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
             info.output_bytes as i64,
             info.turns as i64,
             info.cost_usd,
+            info.pid_start.map(|v| v as i64),
+            info.boot_id,
         ],
     )?;
     Ok(())
@@ -438,7 +485,50 @@ fn read_instance(r: &Row<'_>) -> Result<InstanceInfo, StoreError> {
         output_bytes: r.get::<_, i64>("output_bytes")? as u64,
         turns: r.get::<_, i64>("turns")? as u64,
         cost_usd: r.get("cost_usd")?,
+        pid_start: r.get::<_, Option<i64>>("pid_start")?.map(|v| v as u64),
+        boot_id: r.get("boot_id")?,
     })
+}
+
+/// Copies a live database to `dest` with SQLite's online backup API (readers and the daemon's
+/// writer keep working), then checks the copy.
+pub fn backup(src: &Path, dest: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    if dest.exists() {
+        return Err(StoreError::Audit(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists; refusing to overwrite it", dest.display()),
+        )));
+    }
+    let from = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    from.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mut to = Connection::open(dest).map_err(|source| StoreError::Open {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    {
+        let b = rusqlite::backup::Backup::new(&from, &mut to)?;
+        b.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+    }
+    let ok: String = to.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(StoreError::Corrupt {
+            table: "backup",
+            detail: ok,
+        });
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -468,6 +558,57 @@ mod tests {
         let p2 = dir2.path().join("d.db");
         drop(open_connection(&p2, "normal").unwrap());
         drop(open_connection(&p2, "normal").unwrap());
+    }
+
+    #[test]
+    fn a_v1_database_upgrades_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/db/v1.sql"))
+            .unwrap();
+        drop(conn);
+        let conn = open_connection(&path, "full").unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema_version());
+        let info = conn
+            .query_row("SELECT * FROM instances WHERE id = 'v1inst0001'", [], |r| {
+                Ok(read_instance(r))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.name, "old-worker");
+        assert_eq!(info.argv, ["sh", "-c", "echo hi"]);
+        assert_eq!((info.pid_start, info.boot_id), (None, None));
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 1);
+    }
+
+    #[test]
+    fn backup_copies_a_live_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.db");
+        let conn = open_connection(&path, "full").unwrap();
+        conn.execute(
+            "INSERT INTO events (ts, kind, data) VALUES (1, 'x', '{}')",
+            [],
+        )
+        .unwrap();
+        let dest = dir.path().join("copy.db");
+        backup(&path, &dest).unwrap();
+        assert!(backup(&path, &dest)
+            .unwrap_err()
+            .to_string()
+            .contains("refusing to overwrite"));
+        let copy = Connection::open(&dest).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

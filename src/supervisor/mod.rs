@@ -9,17 +9,17 @@
 
 pub mod files;
 pub mod instance;
+mod io;
 pub mod output;
 mod plan;
+mod recovery;
 mod task;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -30,9 +30,9 @@ use crate::config::{Config, Paths};
 use crate::model::{now_ms, BackendKind, Event, InstanceInfo, ReasonCode, SpawnRequest, StateName};
 use crate::store::{Store, StoreError};
 use instance::State;
-use output::{last_lines, read_log_tail, strip_ansi, Chunk};
 use task::{lock, Ctl, Shared, Task, Timers};
 
+pub use io::{AttachInfo, Follow, OutputTail, TurnOutcome, MAX_OUTPUT_BYTES};
 pub use task::TurnStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,19 @@ pub enum SupervisorError {
 struct Handle {
     ctl: mpsc::Sender<Ctl>,
     shared: Arc<Shared>,
+}
+
+/// What a task needs to take over a process (fresh from a spawn, or adopted).
+struct TaskStart {
+    info: InstanceInfo,
+    state: State,
+    launched: backend::Launched,
+    timers: Timers,
+    ready_re: Option<regex::bytes::Regex>,
+    stop_signal: nix::sys::signal::Signal,
+    first_event: (&'static str, serde_json::Value),
+    /// Output from before (the log tail of an adopted instance) for the ring.
+    ring_seed: Vec<u8>,
 }
 
 /// A live slot: reserved at spawn, filled once the task runs, removed when it ends.
@@ -109,51 +122,6 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
-/// Output of an instance, bounded.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutputTail {
-    pub id: String,
-    pub name: String,
-    /// Offset of the first returned byte in the instance's output.
-    pub offset: u64,
-    /// Bytes of output so far (live instances; for ended ones the log's size).
-    pub total: u64,
-    pub text: String,
-    /// True when older output exists beyond what was returned.
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TurnOutcome {
-    pub id: String,
-    pub name: String,
-    pub turn: u64,
-    pub status: TurnStatus,
-    /// False when the wait timed out (the turn keeps running).
-    pub done: bool,
-    pub state: StateName,
-    /// Output produced during the turn (escapes stripped), bounded.
-    pub reply: String,
-}
-
-/// A live follower of an instance's output.
-pub struct Follow {
-    pub tail: Vec<u8>,
-    pub from: u64,
-    pub chunks: Option<broadcast::Receiver<Chunk>>,
-    pub info: Option<watch::Receiver<InstanceInfo>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AttachInfo {
-    pub id: String,
-    pub name: String,
-    pub argv: Vec<String>,
-}
-
-/// Most bytes any output read returns.
-pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-
 impl Supervisor {
     /// Builds the supervisor, starts the private tmux server and settles what a previous run
     /// left live in the store.
@@ -192,44 +160,6 @@ impl Supervisor {
     /// Events as they are committed (for observers such as MCP notifications and metrics).
     pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
-    }
-
-    /// Instances that were live when the previous daemon stopped cannot be adopted (their
-    /// output pipes and timers died with it), so they are stopped and marked `lost`.
-    async fn recover(&self) -> Result<(), SupervisorError> {
-        for mut info in self.inner.store.list_instances(true).await? {
-            let mut session_alive = false;
-            if let Some(session) = &info.tmux_session {
-                session_alive = self.inner.tmux.has_session(session).await.unwrap_or(false);
-                if session_alive {
-                    if let Ok(st) = self.inner.tmux.pane_status(session).await {
-                        let _ =
-                            backend::pidfd::signal_group(st.pid, nix::sys::signal::Signal::SIGKILL);
-                    }
-                    let _ = self.inner.tmux.kill_session(session).await;
-                }
-            }
-            info.state = StateName::Lost;
-            info.reason = Some(ReasonCode::Lost);
-            info.reason_detail = Some(if session_alive {
-                "the daemon restarted while it ran; its tmux session was stopped".into()
-            } else {
-                "found dead after a daemon restart".into()
-            });
-            info.ended_at = Some(now_ms());
-            let ev = Event {
-                seq: 0,
-                ts: now_ms(),
-                instance_id: Some(info.id.clone()),
-                name: Some(info.name.clone()),
-                kind: "lost".into(),
-                data: json!({ "previous_pid": info.pid, "session_alive": session_alive }),
-            };
-            warn!(id = %info.id, name = %info.name, "marking instance lost");
-            let ev = self.inner.store.record(info, ev).await?;
-            self.inner.announce(ev);
-        }
-        Ok(())
     }
 
     /// Starts an instance. Returns once the process runs (or, with `wait_ready`, once it is
@@ -332,6 +262,8 @@ impl Supervisor {
             output_bytes: 0,
             turns: 0,
             cost_usd: 0.0,
+            pid_start: None,
+            boot_id: None,
         };
         let spec_json = plan.spec_json();
         let ev = self.event(
@@ -380,21 +312,11 @@ impl Supervisor {
             }
         };
         info.pid = Some(launched.pid);
+        info.pid_start = backend::pidfd::start_time(launched.pid);
+        info.boot_id = backend::pidfd::boot_id();
         info.started_at = Some(now_ms());
-        let shared = Arc::new(Shared::new(info.clone(), cfg.instance.ring_bytes));
-        let log = output::LogFile::open(
-            self.inner
-                .paths
-                .instance_log_dir()
-                .join(format!("{id}.log")),
-            cfg.instance.log_max_bytes,
-            cfg.instance.log_keep,
-        )
-        .map_err(|e| warn!(error = %e, "instance log unavailable"))
-        .ok();
         let now = Instant::now();
         let start_timeout = Duration::from_secs_f64(cfg.instance.start_timeout_s);
-        let quiet = Duration::from_millis(plan.turn_quiet_ms);
         let timers = Timers {
             idle: (plan.idle_timeout_s > 0).then(|| Duration::from_secs(plan.idle_timeout_s)),
             wall_deadline: (plan.wall_timeout_s > 0)
@@ -404,38 +326,65 @@ impl Supervisor {
                 .ready_re
                 .is_none()
                 .then(|| now + Duration::from_millis(cfg.instance.settle_ms)),
-            quiet,
+            quiet: Duration::from_millis(plan.turn_quiet_ms),
             quiet_deadline: None,
             kill_deadline: None,
             last_activity: now,
         };
+        let pid = info.pid;
+        self.start_task(TaskStart {
+            info: info.clone(),
+            state: State::Starting,
+            launched,
+            timers,
+            ready_re: plan.ready_re,
+            stop_signal: plan.stop_signal,
+            first_event: ("started", json!({ "pid": pid })),
+            ring_seed: Vec::new(),
+        });
+        info!(%id, %name, pid = info.pid, backend = info.backend.as_str(), "spawned");
+        Ok(info)
+    }
+
+    /// Hands a running process to a new task that owns it from now on.
+    fn start_task(&self, t: TaskStart) {
+        let cfg = &self.inner.cfg;
+        let id = t.info.id.clone();
+        let shared = Arc::new(Shared::new(t.info.clone(), cfg.instance.ring_bytes));
+        lock(&shared.ring).push(&t.ring_seed);
+        let log = output::LogFile::open(
+            self.log_path(&id),
+            cfg.instance.log_max_bytes,
+            cfg.instance.log_keep,
+        )
+        .map_err(|e| warn!(error = %e, "instance log unavailable"))
+        .ok();
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         let task = Task {
             inner: self.inner.clone(),
             shared: shared.clone(),
-            info: info.clone(),
-            state: State::Starting,
-            control: launched.control,
+            info: t.info,
+            state: t.state,
+            control: t.launched.control,
             log,
-            timers,
-            ready_re: plan.ready_re,
+            timers: t.timers,
+            ready_re: t.ready_re,
             scan: Vec::new(),
-            stop_signal: plan.stop_signal,
+            stop_signal: t.stop_signal,
             current_turn: None,
-            start_timeout,
+            start_timeout: Duration::from_secs_f64(cfg.instance.start_timeout_s),
+            first_event: t.first_event,
         };
         {
             let mut live = lock(&self.inner.live);
-            if let Some(slot) = live.get_mut(id) {
+            if let Some(slot) = live.get_mut(&id) {
                 slot.handle = Some(Handle {
                     ctl: ctl_tx,
-                    shared: shared.clone(),
+                    shared,
                 });
             }
         }
-        tokio::spawn(task.run(launched.output, launched.exit, ctl_rx));
-        info!(%id, %name, pid = info.pid, backend = info.backend.as_str(), "spawned");
-        Ok(info)
+        tokio::spawn(task.run(t.launched.output, t.launched.exit, ctl_rx));
     }
 
     async fn wait_ready(&self, id: &str) -> Result<InstanceInfo, SupervisorError> {
@@ -517,105 +466,6 @@ impl Supervisor {
         Ok(out)
     }
 
-    /// Types `text` into the instance (and Enter, when asked); returns the turn number.
-    pub async fn send(&self, r: &str, text: String, enter: bool) -> Result<u64, SupervisorError> {
-        if text.len() > plan::MAX_MESSAGE_BYTES {
-            return Err(SupervisorError::InvalidArgument(format!(
-                "message is {} bytes; the limit is {}",
-                text.len(),
-                plan::MAX_MESSAGE_BYTES
-            )));
-        }
-        if text.contains('\0') {
-            return Err(SupervisorError::InvalidArgument(
-                "message contains a NUL byte".into(),
-            ));
-        }
-        let h = self.live_handle_or_ended(r).await?;
-        let (tx, rx) = oneshot::channel();
-        h.ctl
-            .send(Ctl::Send {
-                text,
-                enter,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| ended(r))?;
-        rx.await.map_err(|_| ended(r))?
-    }
-
-    async fn live_handle_or_ended(&self, r: &str) -> Result<Handle, SupervisorError> {
-        if let Some(h) = self.handle(r) {
-            return Ok(h);
-        }
-        let info = self.get(r).await?;
-        Err(SupervisorError::State(format!(
-            "instance {:?} has ended ({}{})",
-            info.name,
-            info.state.as_str(),
-            info.reason
-                .map(|r| format!(": {}", r.as_str()))
-                .unwrap_or_default()
-        )))
-    }
-
-    /// Waits up to `timeout` for turn `turn` to complete and returns its output.
-    pub async fn wait_turn(
-        &self,
-        r: &str,
-        turn: u64,
-        timeout: Duration,
-    ) -> Result<TurnOutcome, SupervisorError> {
-        let h = self.live_handle_or_ended(r).await?;
-        let Some(_) = h.shared.turn(turn) else {
-            return Err(SupervisorError::NotFound(format!(
-                "instance {r:?} has no turn {turn} in memory"
-            )));
-        };
-        let mut rx = h.shared.info.subscribe();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rec = h.shared.turn(turn);
-            let ended = !rx.borrow_and_update().state.is_live();
-            if let Some(rec) = &rec {
-                if rec.status != TurnStatus::Running || ended {
-                    return Ok(self.outcome(&h, rec, true));
-                }
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                let rec = h.shared.turn(turn).ok_or_else(|| not_found(r))?;
-                return Ok(self.outcome(&h, &rec, false));
-            }
-        }
-    }
-
-    fn outcome(&self, h: &Handle, rec: &task::TurnRecord, done: bool) -> TurnOutcome {
-        let info = h.shared.info.borrow().clone();
-        let end = rec.end_offset.unwrap_or(u64::MAX);
-        let (_, bytes) = lock(&h.shared.ring).range(rec.start_offset, end);
-        let bytes = if bytes.len() > MAX_OUTPUT_BYTES {
-            bytes[bytes.len() - MAX_OUTPUT_BYTES..].to_vec()
-        } else {
-            bytes
-        };
-        TurnOutcome {
-            id: info.id,
-            name: info.name,
-            turn: rec.seq,
-            status: if done && rec.status == TurnStatus::Running {
-                TurnStatus::Ended
-            } else {
-                rec.status
-            },
-            done,
-            state: info.state,
-            reply: String::from_utf8_lossy(&strip_ansi(&bytes)).into_owned(),
-        }
-    }
-
     /// Stops an instance: polite signal to its group, `grace`, then SIGKILL. With `wait`,
     /// returns once it has ended. An instance that has already ended is returned as it is.
     pub async fn stop(
@@ -672,232 +522,6 @@ impl Supervisor {
         rx.await.unwrap_or(Ok(()))
     }
 
-    pub async fn resize(&self, r: &str, cols: u16, rows: u16) -> Result<(), SupervisorError> {
-        plan::check_size(cols, rows)?;
-        let h = self.live_handle_or_ended(r).await?;
-        let (tx, rx) = oneshot::channel();
-        h.ctl
-            .send(Ctl::Resize {
-                cols,
-                rows,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| ended(r))?;
-        rx.await.map_err(|_| ended(r))?
-    }
-
-    /// The tmux screen (tmux instances only).
-    pub async fn screen(&self, r: &str, lines: u32) -> Result<Option<String>, SupervisorError> {
-        let h = self.live_handle_or_ended(r).await?;
-        let (tx, rx) = oneshot::channel();
-        h.ctl
-            .send(Ctl::Screen { lines, reply: tx })
-            .await
-            .map_err(|_| ended(r))?;
-        Ok(rx.await.unwrap_or(None))
-    }
-
-    /// The last output of an instance, bounded by `max_bytes` and then `lines`.
-    pub async fn output(
-        &self,
-        r: &str,
-        max_bytes: usize,
-        lines: Option<usize>,
-        strip: bool,
-    ) -> Result<OutputTail, SupervisorError> {
-        let max_bytes = max_bytes.clamp(1, MAX_OUTPUT_BYTES);
-        let (info, offset, total, bytes) = match self.handle(r) {
-            Some(h) => {
-                let info = h.shared.info.borrow().clone();
-                let ring = lock(&h.shared.ring);
-                let (offset, bytes) = ring.tail(max_bytes);
-                (info, offset, ring.total(), bytes)
-            }
-            None => {
-                let info = self.get(r).await?;
-                let bytes = self.read_log(&info.id, max_bytes)?;
-                let total = info.output_bytes.max(bytes.len() as u64);
-                (info, total - bytes.len() as u64, total, bytes)
-            }
-        };
-        let mut bytes = if strip { strip_ansi(&bytes) } else { bytes };
-        let mut truncated = offset > 0;
-        if let Some(n) = lines {
-            let kept = last_lines(&bytes, n).len();
-            if kept < bytes.len() {
-                truncated = true;
-                bytes.drain(..bytes.len() - kept);
-            }
-        }
-        Ok(OutputTail {
-            id: info.id,
-            name: info.name,
-            offset,
-            total,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            truncated,
-        })
-    }
-
-    fn read_log(&self, id: &str, max: usize) -> Result<Vec<u8>, SupervisorError> {
-        let path = self.log_path(id);
-        match read_log_tail(&path, self.inner.cfg.instance.log_keep, max) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(SupervisorError::Backend(format!(
-                "reading {}: {e}",
-                path.display()
-            ))),
-        }
-    }
-
-    pub fn log_path(&self, id: &str) -> PathBuf {
-        self.inner
-            .paths
-            .instance_log_dir()
-            .join(format!("{id}.log"))
-    }
-
-    /// A tail of the output plus, for live instances, a stream of what follows.
-    pub async fn follow(&self, r: &str, tail_bytes: usize) -> Result<Follow, SupervisorError> {
-        let tail_bytes = tail_bytes.min(MAX_OUTPUT_BYTES);
-        if let Some(h) = self.handle(r) {
-            let chunks = h.shared.chunks.subscribe();
-            let (from, tail) = lock(&h.shared.ring).tail(tail_bytes);
-            let from = from + tail.len() as u64;
-            return Ok(Follow {
-                tail,
-                from,
-                chunks: Some(chunks),
-                info: Some(h.shared.info.subscribe()),
-            });
-        }
-        let info = self.get(r).await?;
-        let tail = self.read_log(&info.id, tail_bytes)?;
-        Ok(Follow {
-            tail,
-            from: 0,
-            chunks: None,
-            info: None,
-        })
-    }
-
-    /// How an operator attaches to the instance's terminal.
-    pub async fn attach(&self, r: &str) -> Result<AttachInfo, SupervisorError> {
-        let info = self.get(r).await?;
-        if !info.state.is_live() {
-            return Err(SupervisorError::State(format!(
-                "instance {:?} has ended ({}); read its output with `corral logs {}`",
-                info.name,
-                info.state.as_str(),
-                info.name
-            )));
-        }
-        match (&info.backend, &info.tmux_session) {
-            (BackendKind::Tmux, Some(session)) => Ok(AttachInfo {
-                argv: self.inner.tmux.attach_argv(session),
-                id: info.id,
-                name: info.name,
-            }),
-            _ => Err(SupervisorError::InvalidArgument(format!(
-                "instance {:?} runs in the pty backend, which has no terminal to attach to; use `corral logs -f {}` to follow it and `corral send` to type into it",
-                info.name, info.name
-            ))),
-        }
-    }
-
-    pub async fn events(
-        &self,
-        r: Option<&str>,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>, SupervisorError> {
-        let id = match r {
-            Some(r) => Some(self.get(r).await?.id),
-            None => None,
-        };
-        Ok(self
-            .inner
-            .store
-            .events(id, after, limit.clamp(1, 10_000))
-            .await?)
-    }
-
-    /// Sends the terminal's interrupt key (Ctrl-C) to the instance; it keeps running.
-    pub async fn interrupt(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
-        let h = self.live_handle_or_ended(r).await?;
-        let (tx, rx) = oneshot::channel();
-        h.ctl
-            .send(Ctl::Interrupt { reply: tx })
-            .await
-            .map_err(|_| ended(r))?;
-        rx.await.map_err(|_| ended(r))??;
-        let info = h.shared.info.borrow().clone();
-        Ok(info)
-    }
-
-    /// The newest turn of a live instance (0 when nothing was sent).
-    pub async fn latest_turn(&self, r: &str) -> Result<u64, SupervisorError> {
-        Ok(self.get(r).await?.turns)
-    }
-
-    /// Starts an ended instance again: the same command, environment and settings, in the
-    /// same workspace and under the same name, as a new instance (ids are never reused).
-    pub async fn resume(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
-        let old = self.get(r).await?;
-        if old.state.is_live() {
-            return Err(SupervisorError::State(format!(
-                "instance {:?} is {}; only an ended instance can be resumed",
-                old.name,
-                old.state.as_str()
-            )));
-        }
-        let spec = self
-            .inner
-            .store
-            .spec(old.id.clone())
-            .await?
-            .ok_or_else(|| not_found(r))?;
-        let mut req: SpawnRequest = serde_json::from_str(&spec).map_err(|e| {
-            SupervisorError::Backend(format!("stored spec of {:?} is unreadable: {e}", old.name))
-        })?;
-        req.name = Some(old.name.clone());
-        req.workspace = std::path::Path::new(&old.workspace)
-            .strip_prefix(&self.inner.paths.workspace_root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(str::to_string);
-        req.wait_ready = false;
-        let info = self.spawn(req).await?;
-        let ev = self.event(&info, "resumed", json!({ "from": old.id }));
-        self.inner.note(ev).await?;
-        Ok(info)
-    }
-
-    /// Lists a directory inside the instance's workspace.
-    pub async fn list_files(
-        &self,
-        r: &str,
-        path: &str,
-        max: usize,
-    ) -> Result<files::Listing, SupervisorError> {
-        let info = self.get(r).await?;
-        files::list(std::path::Path::new(&info.workspace), path, max)
-    }
-
-    /// Reads part of a file inside the instance's workspace.
-    pub async fn read_file(
-        &self,
-        r: &str,
-        path: &str,
-        offset: u64,
-        max: usize,
-    ) -> Result<files::FileChunk, SupervisorError> {
-        let info = self.get(r).await?;
-        files::read(std::path::Path::new(&info.workspace), path, offset, max)
-    }
-
     /// Snapshots of the live instances.
     pub fn live_infos(&self) -> Vec<InstanceInfo> {
         lock(&self.inner.live)
@@ -922,16 +546,28 @@ impl Supervisor {
         counts
     }
 
-    /// Stops accepting spawns and stops every live instance (reason `supervisor_shutdown`),
-    /// waiting for each to end up to its grace period plus a margin.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Stops accepting spawns, then stops every live instance (reason `supervisor_shutdown`)
+    /// and waits for each up to its grace period plus a margin. With `detach`, tmux instances
+    /// are left running for the next daemon to adopt (PTY instances cannot outlive us).
+    pub async fn shutdown(&self, grace: Duration, detach: bool) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Handle> = lock(&self.inner.live)
             .values()
             .filter_map(|s| s.handle.clone())
             .collect();
-        info!(instances = handles.len(), "stopping instances for shutdown");
+        info!(instances = handles.len(), detach, "shutting down instances");
+        let mut detached = 0;
         for h in &handles {
+            let tmux = h.shared.info.borrow().backend == BackendKind::Tmux;
+            if detach && tmux {
+                let (tx, rx) = oneshot::channel();
+                if h.ctl.send(Ctl::Detach { reply: tx }).await.is_ok()
+                    && matches!(rx.await, Ok(Ok(())))
+                {
+                    detached += 1;
+                    continue;
+                }
+            }
             let _ = self
                 .stop_handle(h, ReasonCode::SupervisorShutdown, grace)
                 .await;
@@ -944,8 +580,10 @@ impl Supervisor {
         {
             warn!("some instances did not end within the shutdown grace period");
         }
-        if let Err(e) = self.inner.tmux.kill_server().await {
-            warn!(error = %e, "stopping the private tmux server failed");
+        if detached == 0 {
+            if let Err(e) = self.inner.tmux.kill_server().await {
+                warn!(error = %e, "stopping the private tmux server failed");
+            }
         }
     }
 }

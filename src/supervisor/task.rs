@@ -47,6 +47,10 @@ pub(crate) enum Ctl {
     Interrupt {
         reply: oneshot::Sender<Result<(), SupervisorError>>,
     },
+    /// Leave the process running and let go of it (tmux only), for a later daemon to adopt.
+    Detach {
+        reply: oneshot::Sender<Result<(), SupervisorError>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -150,6 +154,8 @@ pub(crate) struct Task {
     pub stop_signal: Signal,
     pub current_turn: Option<u64>,
     pub start_timeout: Duration,
+    /// The event that opens the task's life: `started` or `adopted`.
+    pub first_event: (&'static str, serde_json::Value),
 }
 
 impl Task {
@@ -160,8 +166,8 @@ impl Task {
         exit: ExitWaiter,
         mut ctl_rx: mpsc::Receiver<Ctl>,
     ) {
-        self.commit("started", json!({ "pid": self.info.pid }))
-            .await;
+        let (kind, data) = std::mem::replace(&mut self.first_event, ("", serde_json::Value::Null));
+        self.commit(kind, data).await;
         let mut buf = vec![0u8; 16 * 1024];
         let mut output_open = true;
         let status = loop {
@@ -179,7 +185,16 @@ impl Task {
                         output_open = false;
                     }
                 },
-                Some(ctl) = ctl_rx.recv() => self.on_ctl(ctl).await,
+                Some(ctl) = ctl_rx.recv() => {
+                    if let Ctl::Detach { reply } = ctl {
+                        if self.detach(reply).await {
+                            self.inner.remove_live(&self.info.id);
+                            return;
+                        }
+                    } else {
+                        self.on_ctl(ctl).await;
+                    }
+                }
                 _ = sleep_until(deadline) => self.on_deadline().await,
             }
         };
@@ -325,6 +340,9 @@ impl Task {
             Ctl::Screen { lines, reply } => {
                 let _ = reply.send(self.control.screen(lines).await);
             }
+            Ctl::Detach { reply } => {
+                let _ = self.detach(reply).await;
+            }
             Ctl::Interrupt { reply } => {
                 let r = if self.state.is_ended() || matches!(self.state, State::Stopping { .. }) {
                     Err(self.rejected(Rejected::Stopping))
@@ -381,10 +399,27 @@ impl Task {
             Ctl::Screen { reply, .. } => {
                 let _ = reply.send(None);
             }
-            Ctl::Interrupt { reply } => {
+            Ctl::Interrupt { reply } | Ctl::Detach { reply } => {
                 let _ = reply.send(Err(err()));
             }
         }
+    }
+
+    /// Lets go of a tmux instance without stopping it; its row stays live for adoption.
+    /// Returns whether the task should end.
+    async fn detach(&mut self, reply: oneshot::Sender<Result<(), SupervisorError>>) -> bool {
+        if self.control.tmux_session().is_none() {
+            let _ = reply.send(Err(SupervisorError::State(format!(
+                "instance {:?} runs in a PTY, which cannot outlive the daemon",
+                self.info.name
+            ))));
+            return false;
+        }
+        self.commit("detached", json!({ "pid": self.info.pid }))
+            .await;
+        info!("detached; the tmux session keeps running for the next daemon to adopt");
+        let _ = reply.send(Ok(()));
+        true
     }
 
     async fn send(&mut self, text: String, enter: bool) -> Result<u64, SupervisorError> {

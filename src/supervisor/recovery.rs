@@ -1,0 +1,208 @@
+//! What a previous daemon left behind: on start, every instance the store records as live is
+//! either adopted (a tmux pane that is still the recorded process, verified by pid, start time
+//! and boot id) or settled as `lost`; `resume` starts an ended instance again.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::instance::State;
+use super::output::read_log_tail;
+use super::task::Timers;
+use super::{not_found, Supervisor, SupervisorError, TaskStart};
+use crate::backend::{self, parse_signal};
+use crate::model::{now_ms, BackendKind, Event, InstanceInfo, ReasonCode, SpawnRequest, StateName};
+
+impl Supervisor {
+    /// Settles every instance the store records as live: adopt it if its tmux pane is still
+    /// the recorded process, else stop whatever is left of it and mark it `lost`.
+    pub(super) async fn recover(&self) -> Result<(), SupervisorError> {
+        for info in self.inner.store.list_instances(true).await? {
+            match self.try_adopt(&info).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => warn!(id = %info.id, error = %e, "adoption failed"),
+            }
+            self.inner.remove_live(&info.id);
+            self.mark_lost(info).await?;
+        }
+        Ok(())
+    }
+
+    /// Adopts a live tmux instance. `Ok(false)` when there is nothing (verifiably ours) to adopt.
+    async fn try_adopt(&self, info: &InstanceInfo) -> Result<bool, SupervisorError> {
+        let (BackendKind::Tmux, Some(session), Some(pid)) =
+            (info.backend, &info.tmux_session, info.pid)
+        else {
+            return Ok(false); // a PTY dies with the daemon that held its master
+        };
+        let tmux = &self.inner.tmux;
+        if !tmux.has_session(session).await.unwrap_or(false) {
+            return Ok(false);
+        }
+        let st = tmux
+            .pane_status(session)
+            .await
+            .map_err(|e| SupervisorError::Backend(e.to_string()))?;
+        if st.dead || st.pid != pid {
+            return Ok(false);
+        }
+        if !backend::pidfd::same_process(pid, info.pid_start, info.boot_id.as_deref()) {
+            warn!(id = %info.id, pid, "pane pid is not the recorded process (start time or boot differs); not adopting");
+            return Ok(false);
+        }
+        self.reserve(&info.id, &info.name)?;
+        let launched = backend::adopt_tmux(
+            tmux,
+            session,
+            pid,
+            &self.inner.paths.run_dir.join("pipes"),
+            &format!("{}.out", info.id),
+        )
+        .await
+        .map_err(|e| SupervisorError::Backend(format!("re-piping {session}: {e}")))?;
+        let cfg = &self.inner.cfg;
+        let spec: Option<SpawnRequest> = self
+            .inner
+            .store
+            .spec(info.id.clone())
+            .await?
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let quiet_ms = spec
+            .and_then(|s| s.turn_quiet_ms)
+            .unwrap_or(cfg.instance.turn_quiet_ms);
+        // Timers continue from the recorded clock: idle from the last activity, wall from start.
+        let now_wall = now_ms();
+        let now = Instant::now();
+        let ago = |ms: i64| Duration::from_millis((now_wall - ms).max(0) as u64);
+        let last_activity = now.checked_sub(ago(info.last_activity_at)).unwrap_or(now);
+        let wall_deadline = (info.wall_timeout_s > 0).then(|| {
+            let started = now
+                .checked_sub(ago(info.started_at.unwrap_or(info.created_at)))
+                .unwrap_or(now);
+            started + Duration::from_secs(info.wall_timeout_s)
+        });
+        let timers = Timers {
+            idle: (info.idle_timeout_s > 0).then(|| Duration::from_secs(info.idle_timeout_s)),
+            wall_deadline,
+            start_deadline: None,
+            settle_deadline: None,
+            quiet: Duration::from_millis(quiet_ms),
+            quiet_deadline: None,
+            kill_deadline: None,
+            last_activity,
+        };
+        let state = match info.state {
+            StateName::Paused => State::Paused,
+            _ => State::Ready,
+        };
+        let mut adopted = info.clone();
+        adopted.state = state.name();
+        let ring_seed = read_log_tail(
+            &self.log_path(&info.id),
+            cfg.instance.log_keep,
+            cfg.instance.ring_bytes,
+        )
+        .unwrap_or_default();
+        self.start_task(TaskStart {
+            info: adopted,
+            state,
+            launched,
+            timers,
+            ready_re: None,
+            stop_signal: parse_signal(&cfg.instance.stop_signal).unwrap_or(Signal::SIGTERM),
+            first_event: (
+                "adopted",
+                json!({ "pid": pid, "previous_state": info.state }),
+            ),
+            ring_seed,
+        });
+        tracing::info!(id = %info.id, name = %info.name, pid, "adopted");
+        // A stop that was under way when the old daemon died is carried on.
+        if let (StateName::Stopping, Some(reason)) = (info.state, info.reason) {
+            if let Some(h) = self.handle(&info.id) {
+                let grace = Duration::from_secs_f64(cfg.instance.stop_grace_s);
+                let _ = self.stop_handle(&h, reason, grace).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stops what is left of an instance that cannot be adopted and records it as `lost`.
+    async fn mark_lost(&self, mut info: InstanceInfo) -> Result<(), SupervisorError> {
+        let mut session_alive = false;
+        if let Some(session) = &info.tmux_session {
+            session_alive = self.inner.tmux.has_session(session).await.unwrap_or(false);
+            if session_alive {
+                if let Ok(st) = self.inner.tmux.pane_status(session).await {
+                    let _ = backend::pidfd::signal_group(st.pid, Signal::SIGKILL);
+                }
+                let _ = self.inner.tmux.kill_session(session).await;
+            }
+        }
+        // A PTY child whose master died got SIGHUP; anything of its group left goes now, but
+        // only if the pid is still the recorded process.
+        if let Some(pid) = info.pid {
+            if backend::pidfd::same_process(pid, info.pid_start, info.boot_id.as_deref()) {
+                let _ = backend::pidfd::signal_group(pid, Signal::SIGKILL);
+            }
+        }
+        info.state = StateName::Lost;
+        info.reason = Some(ReasonCode::Lost);
+        info.reason_detail = Some(if session_alive {
+            "its tmux session outlived the daemon but is not the recorded process; it was stopped"
+                .into()
+        } else {
+            "found dead after a daemon restart".into()
+        });
+        info.ended_at = Some(now_ms());
+        let ev = Event {
+            seq: 0,
+            ts: now_ms(),
+            instance_id: Some(info.id.clone()),
+            name: Some(info.name.clone()),
+            kind: "lost".into(),
+            data: json!({ "previous_pid": info.pid, "session_alive": session_alive }),
+        };
+        warn!(id = %info.id, name = %info.name, "marking instance lost");
+        let ev = self.inner.store.record(info, ev).await?;
+        self.inner.announce(ev);
+        Ok(())
+    }
+
+    /// Starts an ended instance again: the same command, environment and settings, in the
+    /// same workspace and under the same name, as a new instance (ids are never reused).
+    pub async fn resume(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
+        let old = self.get(r).await?;
+        if old.state.is_live() {
+            return Err(SupervisorError::State(format!(
+                "instance {:?} is {}; only an ended instance can be resumed",
+                old.name,
+                old.state.as_str()
+            )));
+        }
+        let spec = self
+            .inner
+            .store
+            .spec(old.id.clone())
+            .await?
+            .ok_or_else(|| not_found(r))?;
+        let mut req: SpawnRequest = serde_json::from_str(&spec).map_err(|e| {
+            SupervisorError::Backend(format!("stored spec of {:?} is unreadable: {e}", old.name))
+        })?;
+        req.name = Some(old.name.clone());
+        req.workspace = std::path::Path::new(&old.workspace)
+            .strip_prefix(&self.inner.paths.workspace_root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_string);
+        req.wait_ready = false;
+        let info = self.spawn(req).await?;
+        let ev = self.event(&info, "resumed", json!({ "from": old.id }));
+        self.inner.note(ev).await?;
+        Ok(info)
+    }
+}
