@@ -29,7 +29,26 @@ impl Supervisor {
             self.inner.remove_live(&info.id);
             self.mark_lost(info).await?;
         }
+        self.remove_stale_pipes();
         Ok(())
+    }
+
+    /// Removes output FIFOs in our own run dir that no live instance uses (left by a daemon
+    /// that died); nothing outside `<run_dir>/pipes` is touched.
+    fn remove_stale_pipes(&self) {
+        let dir = self.inner.paths.run_dir.join("pipes");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".out") else {
+                continue;
+            };
+            if self.handle(id).is_none() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Adopts a live tmux instance. `Ok(false)` when there is nothing (verifiably ours) to adopt.
