@@ -1,7 +1,9 @@
 //! corral: a supervisor for AI coding agents.
 //!
 //! Layout (dependencies point down; nothing below `supervisor` knows HTTP):
-//! - `main.rs`: thin: parse the CLI, dispatch.
+//! - `main.rs`: thin: parse the CLI, split off PID-1 mode ([`pid1`]) first, dispatch.
+//! - [`pid1`]: `corral init` and `corral serve` as PID 1: a synchronous init loop that forwards
+//!   signals and reaps zombies, run before any runtime or thread exists. Imports nothing else.
 //! - [`cli`]: clap definitions and the client commands that talk to the local daemon.
 //! - [`app`]: wiring of store, supervisor and HTTP; ordered shutdown.
 //! - [`http`]: axum router: `/health`, `/ready`, the JSON API `/api/v1`, auth and Origin guards.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod model;
+pub mod pid1;
 pub mod signals;
 pub mod store;
 pub mod supervisor;

@@ -248,7 +248,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 describe_end(&info)
             );
         }
-        Command::Serve | Command::CheckConfig | Command::Version => {
+        Command::Serve | Command::Init { .. } | Command::CheckConfig | Command::Version => {
             unreachable!("handled in cli::main")
         }
     }

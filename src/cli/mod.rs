@@ -30,8 +30,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon in the foreground.
+    /// Run the daemon in the foreground (as PID 1, under a tiny init loop: see `corral init`).
     Serve,
+    /// Run CMD under a minimal init: forward signals to it, reap every zombie, exit with its
+    /// code (128 + signal when it is killed). For containers whose entrypoint is not corral.
+    Init {
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<std::ffi::OsString>,
+    },
     /// Validate the configuration and print it (secrets redacted).
     CheckConfig,
     /// List instances.
@@ -123,6 +130,10 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    // Normally split off in `main` already; kept here so this entry point is complete.
+    if let Command::Init { argv } = &cli.command {
+        return crate::pid1::init(argv);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -184,3 +195,4 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         crate::app::run(cfg, listener, shutdown).await
     })
 }
+
