@@ -10,6 +10,8 @@
 //! - [`supervisor`]: the `Supervisor` handle, one task per instance, the lifecycle state
 //!   machine ([`supervisor::instance`]), output ring and logs ([`supervisor::output`]).
 //! - [`backend`]: start a process in tmux or a PTY; input, resize, output stream, exit (pidfd).
+//!   [`backend::children`]: the child subreaper and its orphan reaper, which never takes the
+//!   exit status of a child the daemon forked itself.
 //! - [`store`]: SQLite (WAL) on its own thread; migrations; the audit log ([`audit`]).
 //! - [`config`]: TOML + env into a validated `Config`.
 //! - [`model`]: plain data shared by all of the above (the API's wire types).

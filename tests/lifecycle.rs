@@ -1,6 +1,9 @@
 //! The core supervisor end to end: the real daemon, real tmux on a private socket, real PTYs,
 //! real SQLite, driven through the CLI and the HTTP API.
 
+// The test process is no subreaper: it may spawn directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -192,7 +192,24 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {bind} (server.host / server.port)"))?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         crate::signals::spawn_handler(shutdown.clone()).context("installing signal handlers")?;
+        adopt_orphans();
         crate::app::run(cfg, listener, shutdown).await
     })
 }
 
+/// Orphaned descendants (the tmux server, what agents double-fork) come back to the daemon,
+/// which reaps them without `waitpid(-1)` (see `backend::children`). Under a PID-1 corral
+/// the parent does that instead.
+fn adopt_orphans() {
+    if crate::pid1::under_pid1_parent() {
+        tracing::info!("running under corral's PID-1 init: it reaps orphans");
+        return;
+    }
+    match crate::backend::children::adopt_orphans() {
+        Ok(()) => tracing::debug!("child subreaper: orphaned descendants come back to corral"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot become a child subreaper; orphaned descendants (the tmux server) go to init"
+        ),
+    }
+}
