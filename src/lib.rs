@@ -15,7 +15,7 @@
 //! - [`store`]: SQLite (WAL) on its own thread; migrations; the audit log ([`audit`]).
 //! - [`config`]: TOML + env into a validated `Config`.
 //! - [`model`]: plain data shared by all of the above (the API's wire types).
-//! - [`ids`], [`telemetry`], [`signals`]: small helpers.
+//! - [`ids`], [`telemetry`], [`signals`], [`sdnotify`]: small helpers.
 
 pub mod app;
 pub mod audit;
@@ -26,6 +26,7 @@ pub mod http;
 pub mod ids;
 pub mod model;
 pub mod pid1;
+pub mod sdnotify;
 pub mod signals;
 pub mod store;
 pub mod supervisor;

@@ -1,17 +1,80 @@
-//! The daemon as a service: the child subreaper that adopts and reaps orphaned descendants
-//! without ever taking an exit status that the daemon's own children owe their owners.
+//! The daemon as a service: systemd's readiness protocol against a fake `NOTIFY_SOCKET`,
+//! and the child subreaper that adopts and reaps orphaned descendants without ever taking an
+//! exit status that the daemon's own children owe their owners.
 
 // The test process is no subreaper: it may spawn directly (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::{ppid, wait_until, TestDaemon};
+use common::{ppid, wait_until, Launch, TestDaemon};
 use serde_json::json;
 
 const SECS10: Duration = Duration::from_secs(10);
+
+fn recv(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notification within the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sd_notify_ready_once_serving_and_stopping_at_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the fake NOTIFY_SOCKET");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut d = TestDaemon::start_launch(
+        "",
+        Launch {
+            env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+            ..Launch::default()
+        },
+    );
+    let ready = recv(&sock);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready.contains(&d.url["http://".len()..]),
+        "STATUS names the address: {ready:?}"
+    );
+    // READY=1 means serving: the API answers.
+    let (status, health) = d.get("/health");
+    assert_eq!(status, 200, "{health}");
+    d.spawn(json!({"name": "w", "argv": ["sleep", "1000"], "wait_ready": true}));
+
+    let status = d.stop();
+    let stopping = recv(&sock);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(status.success(), "{status}");
+    // Exactly one READY and one STOPPING.
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 64];
+    assert!(sock.recv(&mut buf).is_err(), "no further notification");
+}
+
+#[test]
+fn sd_notify_accepts_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("corral-notify-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+    let sock = UnixDatagram::bind_addr(&addr).expect("bind abstract");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let _d = TestDaemon::start_launch(
+        "",
+        Launch {
+            env: vec![("NOTIFY_SOCKET".into(), format!("@{name}"))],
+            ..Launch::default()
+        },
+    );
+    assert!(recv(&sock).starts_with("READY=1"));
+}
 
 /// The pid of the private tmux server.
 fn tmux_server_pid(d: &TestDaemon) -> i32 {
