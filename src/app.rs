@@ -53,7 +53,6 @@ pub async fn run(
         .event(daemon_event("daemon_started", json!({ "addr": addr.to_string(), "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") })))
         .await?;
     info!(%addr, state_dir = %paths.state_dir.display(), "corral serving");
-    notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
     let app = http::router(AppState {
         sup: sup.clone(),
@@ -66,6 +65,8 @@ pub async fn run(
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
             .await
     });
+    // The listener was bound before `run`, and the server task now accepts on it.
+    notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
     shutdown.cancelled().await;
     notify("STOPPING=1\nSTATUS=stopping instances");

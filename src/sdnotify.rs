@@ -4,6 +4,10 @@
 //! corral sends `READY=1` once the HTTP server listens (and `<run_dir>/daemon.json` exists)
 //! and `STOPPING=1` when an orderly shutdown starts, which is what `Type=notify` needs.
 //! The socket is a path, or an abstract socket name written with a leading `@`.
+//!
+//! Under systemd corral is not PID 1, so the sender is the main process (`NotifyAccess=main`).
+//! When a PID-1 corral runs under a notify-aware container manager, the daemon child sends:
+//! such a manager has to accept notifications from any process of the container.
 
 use std::ffi::OsStr;
 use std::io;
