@@ -1,8 +1,10 @@
 //! Wiring: store → supervisor → HTTP server, and the ordered shutdown.
 //!
 //! `run` takes its listener and shutdown token from the caller, so tests (and the PID-1 and
-//! systemd modes) can drive it. Shutdown order: stop accepting connections, stop every
-//! instance (recording `supervisor_shutdown`), let open responses finish, close the store.
+//! systemd modes) can drive it. Once serving it tells systemd `READY=1` (when
+//! `NOTIFY_SOCKET` is set). Shutdown order: `STOPPING=1`, stop accepting connections, stop
+//! every instance (recording `supervisor_shutdown`), let open responses finish, close the
+//! store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, Paths};
 use crate::http::{self, AppState};
@@ -77,8 +79,11 @@ pub async fn run(
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
             .await
     });
+    // The listener was bound before `run`, and the server task now accepts on it.
+    notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
     shutdown.cancelled().await;
+    notify("STOPPING=1\nSTATUS=stopping instances");
     info!("shutdown: stopping instances");
     sup.shutdown(
         Duration::from_secs_f64(cfg.shutdown.grace_s),
@@ -124,6 +129,16 @@ fn spawn_audit_pruner(dir: std::path::PathBuf, days: u32, shutdown: Cancellation
             }
         }
     });
+}
+
+/// Tells a notify-aware supervisor (systemd `Type=notify`) about our state; a failure is
+/// logged, never fatal.
+fn notify(state: &str) {
+    match crate::sdnotify::notify(state) {
+        Ok(true) => debug!(state, "sd_notify sent"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, state, "sd_notify failed"),
+    }
 }
 
 fn daemon_event(kind: &str, data: serde_json::Value) -> Event {

@@ -1,6 +1,16 @@
 use clap::Parser;
+use corral::cli::{Cli, Command};
 
 fn main() {
-    let cli = corral::cli::Cli::parse();
+    let cli = Cli::parse();
+    // The PID-1 split comes first: before the config is read, before logging, the Tokio
+    // runtime or any thread exists (see `corral::pid1`).
+    match &cli.command {
+        Command::Init { argv } => std::process::exit(corral::pid1::init(argv)),
+        Command::Serve if corral::pid1::serve_needs_split() => {
+            std::process::exit(corral::pid1::serve_as_pid1())
+        }
+        _ => {}
+    }
     std::process::exit(corral::cli::main(cli));
 }

@@ -2,6 +2,9 @@
 //! real SQLite, driven through the CLI and the HTTP API.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+// The test process is no subreaper: it may spawn directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

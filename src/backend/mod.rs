@@ -5,6 +5,7 @@
 //! Both backends put the process in its own session (and so its own process group); signals
 //! go to the group. Nothing here knows about instances, states or HTTP.
 
+pub mod children;
 pub mod pidfd;
 pub mod pty;
 pub mod tmux;
@@ -74,8 +75,12 @@ pub struct ExitWaiter {
 }
 
 enum ExitHow {
-    /// Our child: reaped with waitpid(pid). The std Child is kept so it is not dropped early.
-    Child(#[allow(dead_code)] Box<dyn portable_pty::Child + Send + Sync>),
+    /// Our child: reaped with waitpid(pid). The std Child is kept so it is not dropped early,
+    /// and the `Owned` token so the orphan reaper never collects it before we do.
+    Child(
+        #[allow(dead_code)] Box<dyn portable_pty::Child + Send + Sync>,
+        #[allow(dead_code)] children::Owned,
+    ),
     /// A tmux pane: tmux reaps it and keeps the status (remain-on-exit).
     Pane { tmux: Tmux, session: String },
 }
@@ -120,7 +125,7 @@ pub async fn launch(
                 exit: ExitWaiter {
                     pid: s.pid,
                     pidfd,
-                    how: ExitHow::Child(s.child),
+                    how: ExitHow::Child(s.child, s.owned),
                 },
             })
         }
@@ -315,7 +320,7 @@ impl ExitWaiter {
             pidfd.exited().await?;
         }
         match &self.how {
-            ExitHow::Child(_) => pty::reap(self.pid).await,
+            ExitHow::Child(..) => pty::reap(self.pid).await,
             // A zombie pane still carries its status; once reaped, tmux has it. Without a
             // pidfd the pane was already gone at launch.
             ExitHow::Pane { tmux, session } => match pidfd::zombie_status(self.pid) {

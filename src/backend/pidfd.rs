@@ -154,6 +154,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // the test process is no subreaper
     fn reads_a_real_zombie() {
         let child = std::process::Command::new("sh")
             .args(["-c", "exit 5"])

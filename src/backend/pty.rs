@@ -4,7 +4,8 @@
 //!
 //! Output is read from the master through `AsyncFd` (no thread per instance); the exit is
 //! noticed through a pidfd and the status reaped with `waitpid(pid)` on that one child, never
-//! `waitpid(-1)`.
+//! `waitpid(-1)`. The child is registered as owned (`children::spawn_owned`) until then, so
+//! the orphan reaper leaves it alone.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -23,6 +24,8 @@ pub struct Spawned {
     /// Non-blocking duplicate of the master for writing.
     pub write_fd: AsyncFd<OwnedFd>,
     pub child: Box<dyn portable_pty::Child + Send + Sync>,
+    /// Keeps the orphan reaper away from this child until [`reap`] has collected it.
+    pub owned: super::children::Owned,
 }
 
 pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
@@ -37,14 +40,19 @@ pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
         cmd.env(k, v);
     }
     cmd.cwd(&spec.cwd);
-    let child = pair
-        .slave
-        .spawn_command(cmd)
-        .map_err(|e| io::Error::other(format!("cannot start {:?}: {e}", spec.argv[0])))?;
+    let (child, owned) = super::children::spawn_owned(|| {
+        #[allow(clippy::disallowed_methods)] // inside spawn_owned
+        let child = pair
+            .slave
+            .spawn_command(cmd)
+            .map_err(|e| io::Error::other(format!("cannot start {:?}: {e}", spec.argv[0])))?;
+        let pid = child
+            .process_id()
+            .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+        Ok((child, pid as i32))
+    })?;
     drop(pair.slave);
-    let pid = child
-        .process_id()
-        .ok_or_else(|| io::Error::other("spawned child has no pid"))? as i32;
+    let pid = owned.pid();
     let raw = pair
         .master
         .as_raw_fd()
@@ -57,6 +65,7 @@ pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
         write_fd: super::register_fd(dup_nonblocking(borrowed)?)?,
         master: pair.master,
         child,
+        owned,
     })
 }
 

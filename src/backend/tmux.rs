@@ -104,10 +104,23 @@ impl Tmux {
             }
         }
         cmd.stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
         cmd.kill_on_drop(true);
-        let out = cmd.output().await.map_err(|e| {
-            io::Error::new(e.kind(), format!("running {}: {e}", self.bin.display()))
-        })?;
+        let spawned = super::children::spawn_owned(|| {
+            #[allow(clippy::disallowed_methods)] // inside spawn_owned
+            let child = cmd.spawn()?;
+            let pid = child
+                .id()
+                .ok_or_else(|| io::Error::other("spawned tmux has no pid"))?;
+            Ok((child, pid as i32))
+        });
+        let running =
+            |e: io::Error| io::Error::new(e.kind(), format!("running {}: {e}", self.bin.display()));
+        let (child, owned) = spawned.map_err(running)?;
+        let out = child.wait_with_output().await.map_err(running)?;
+        // Reaped by Tokio: from here on the orphan reaper may treat the pid as anyone's.
+        drop(owned);
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "tmux {}: {}",

@@ -258,7 +258,11 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 .await?;
             println!("{}\t{}\t{}", info.name, info.id, info.state.as_str());
         }
-        Command::Serve | Command::CheckConfig | Command::Backup { .. } | Command::Version => {
+        Command::Serve
+        | Command::Init { .. }
+        | Command::CheckConfig
+        | Command::Backup { .. }
+        | Command::Version => {
             unreachable!("handled in cli::main")
         }
     }

@@ -30,8 +30,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon in the foreground.
+    /// Run the daemon in the foreground (as PID 1, under a tiny init loop: see `corral init`).
     Serve,
+    /// Run CMD under a minimal init: forward signals to it, reap every zombie, exit with its
+    /// code (128 + signal when it is killed). For containers whose entrypoint is not corral.
+    Init {
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<std::ffi::OsString>,
+    },
     /// Validate the configuration and print it (secrets redacted).
     CheckConfig,
     /// List instances.
@@ -127,6 +134,10 @@ pub enum Command {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    // Normally split off in `main` already; kept here so this entry point is complete.
+    if let Command::Init { argv } = &cli.command {
+        return crate::pid1::init(argv);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -201,6 +212,24 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {bind} (server.host / server.port)"))?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         crate::signals::spawn_handler(shutdown.clone()).context("installing signal handlers")?;
+        adopt_orphans();
         crate::app::run(cfg, listener, shutdown).await
     })
+}
+
+/// Orphaned descendants (the tmux server, what agents double-fork) come back to the daemon,
+/// which reaps them without `waitpid(-1)` (see `backend::children`). Under a PID-1 corral
+/// the parent does that instead.
+fn adopt_orphans() {
+    if crate::pid1::under_pid1_parent() {
+        tracing::info!("running under corral's PID-1 init: it reaps orphans");
+        return;
+    }
+    match crate::backend::children::adopt_orphans() {
+        Ok(()) => tracing::debug!("child subreaper: orphaned descendants come back to corral"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot become a child subreaper; orphaned descendants (the tmux server) go to init"
+        ),
+    }
 }

@@ -4,6 +4,8 @@
 //! Every wait has a deadline ([`wait_until`]); on a failed assertion the daemon's log is
 //! printed (set `CORRAL_KEEP_TEST_DIRS=1` to keep the state dir).
 #![allow(dead_code)]
+// The test process is no subreaper: it may spawn directly (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,8 +15,20 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 
+/// How the daemon process is started, besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Extra environment variables for the daemon.
+    pub env: Vec<(String, String)>,
+    /// A command the daemon runs under, e.g. `unshare --pid --fork --mount-proc`. The pid in
+    /// `daemon.json` is then not the pid of our child, so it is not checked.
+    pub wrapper: Vec<String>,
+}
+
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
+    /// Used by every (re)launch; tests may change it between launches.
+    pub launch: Launch,
     pub config: PathBuf,
     pub url: String,
     child: Option<Child>,
@@ -45,6 +59,11 @@ impl TestDaemon {
 
     /// `extra` is TOML appended to the test config (sections allowed).
     pub fn start_with(extra: &str) -> TestDaemon {
+        Self::start_launch(extra, Launch::default())
+    }
+
+    /// Like [`TestDaemon::start_with`], with extra environment or a wrapper command.
+    pub fn start_launch(extra: &str, launch: Launch) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("corral-t")
             .tempdir()
@@ -67,6 +86,7 @@ impl TestDaemon {
         std::fs::write(&config, text).expect("write config");
         let mut d = TestDaemon {
             dir,
+            launch,
             config,
             url: String::new(),
             child: None,
@@ -101,8 +121,18 @@ impl TestDaemon {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = match self.launch.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let wrapped = !self.launch.wrapper.is_empty();
+        let child = cmd
             .args(["--config", self.config.to_str().expect("utf8"), "serve"])
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env_remove("CORRAL_URL")
             .env_remove("CORRAL_TOKEN")
             .stdin(Stdio::null())
@@ -115,7 +145,8 @@ impl TestDaemon {
         let addr = wait_until("daemon address file", Duration::from_secs(20), || {
             let v: Value =
                 serde_json::from_str(&std::fs::read_to_string(&daemon_file).ok()?).ok()?;
-            (v["pid"].as_i64()? as i32 == pid).then(|| v["addr"].as_str().map(str::to_string))?
+            (wrapped || v["pid"].as_i64()? as i32 == pid)
+                .then(|| v["addr"].as_str().map(str::to_string))?
         });
         self.url = format!("http://{addr}");
     }
@@ -134,6 +165,22 @@ impl TestDaemon {
         wait_until("daemon exit after SIGTERM", Duration::from_secs(30), || {
             child.try_wait().ok().flatten()
         })
+    }
+
+    /// Waits for the daemon process (our child) to exit on its own; returns its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until("daemon exit", deadline, || child.try_wait().ok().flatten())
+        }));
+        match found {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not exit within {deadline:?}");
+            }
+        }
     }
 
     /// SIGKILL, as a crash.
@@ -319,6 +366,22 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Parent pid from /proc/PID/stat.
+pub fn ppid(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+/// Pids of the processes whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| ppid(*p) == Some(parent))
+        .collect()
 }
 
 /// (state, pgid) from /proc/PID/stat.
