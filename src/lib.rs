@@ -20,6 +20,7 @@
 //! - [`model`]: plain data shared by all of the above (the API's wire types).
 //! - [`ids`], [`telemetry`], [`signals`], [`sdnotify`]: small helpers.
 
+pub mod agent;
 pub mod app;
 pub mod audit;
 pub mod backend;

@@ -1,0 +1,5 @@
+//! Claude Code and Codex as instance kinds: prices, usage parsing, launch preparation, and
+//! the watcher that turns an agent's own files into events for its instance task.
+
+pub mod prices;
+pub mod usage;
