@@ -1,9 +1,8 @@
 //! The core supervisor end to end: the real daemon, real tmux on a private socket, real PTYs,
 //! real SQLite, driven through the CLI and the HTTP API.
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
-// The test process is no subreaper: it may spawn directly (see clippy.toml).
-#![allow(clippy::disallowed_methods)]
+// Test helpers outside #[test] fns unwrap; the test process is no subreaper, so it may spawn
+// directly (see clippy.toml).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
