@@ -38,6 +38,45 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub tmux: TmuxConfig,
+    pub agents: AgentsConfig,
+    /// Price overrides and additions, per model: USD per million tokens.
+    pub prices: std::collections::BTreeMap<String, crate::agent::prices::Price>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    pub claude: AgentConfig,
+    pub codex: AgentConfig,
+    /// Milliseconds between pasting a message into an interactive agent and pressing Enter:
+    /// Claude Code drops an Enter that arrives while it is still taking in the paste.
+    pub enter_delay_ms: u64,
+    /// Seconds an interactive agent may take to report ready (SessionStart hook, or the banner
+    /// for Codex) before the spawn counts as failed.
+    pub start_timeout_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The CLI (a name on PATH or a path). Default `claude` / `codex`.
+    pub binary: String,
+    /// The credential given to this kind only (ANTHROPIC_API_KEY / OPENAI_API_KEY). Empty:
+    /// taken from the daemon's own environment variable of that name, if set.
+    pub api_key: String,
+    /// Claude: ANTHROPIC_BASE_URL (a proxy or a local mock). Empty: the CLI's default.
+    pub base_url: String,
+    /// Default model; a spawn may choose another.
+    pub model: String,
+    /// Claude: `--permission-mode` (default, acceptEdits, plan, bypassPermissions). Empty:
+    /// the seeded allow-list of tools applies.
+    pub permission_mode: String,
+    /// Extra arguments for every launch of this kind.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables for this kind's instances.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Codex: TOML appended to the seeded config.toml (e.g. a `[model_providers.x]` table).
+    pub config_toml: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +116,14 @@ pub struct PathsConfig {
 pub struct LimitsConfig {
     /// Live instances at most; a spawn past it is refused.
     pub max_instances: u32,
+    /// Fleet spending cap in USD over all instances ever recorded (0: none).
+    pub max_total_cost_usd: f64,
+    /// Default per-instance caps for agents (0: none); a spawn or set_budget may change them.
+    pub max_cost_usd_per_instance: f64,
+    pub max_tokens_per_instance: u64,
+    /// What reaching a cap does: `pause` (interrupt the turn, refuse messages until the
+    /// budget is raised) or `terminate`.
+    pub on_cap: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,9 +207,26 @@ impl Default for ServerConfig {
     }
 }
 
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            claude: AgentConfig::default(),
+            codex: AgentConfig::default(),
+            enter_delay_ms: 300,
+            start_timeout_s: 60.0,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_instances: 50 }
+        Self {
+            max_instances: 50,
+            max_total_cost_usd: 0.0,
+            max_cost_usd_per_instance: 0.0,
+            max_tokens_per_instance: 0,
+            on_cap: "pause".into(),
+        }
     }
 }
 
@@ -224,6 +288,8 @@ impl Default for TmuxConfig {
 
 /// Madrox-compatible variables: (name, config key).
 const MADROX_ENV: &[(&str, &str)] = &[
+    ("MAX_TOKENS_PER_INSTANCE", "limits.max_tokens_per_instance"),
+    ("MAX_TOTAL_COST", "limits.max_total_cost_usd"),
     ("ORCHESTRATOR_HOST", "server.host"),
     ("ORCHESTRATOR_PORT", "server.port"),
     ("MAX_INSTANCES", "limits.max_instances"),
@@ -363,6 +429,77 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server.token: must be at least 16 characters (value not shown)".into(),
             ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_total_cost_usd", l.max_total_cost_usd),
+            (
+                "limits.max_cost_usd_per_instance",
+                l.max_cost_usd_per_instance,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, &v, "must be a number of dollars ≥ 0 (0: no cap)");
+            }
+        }
+        if !matches!(l.on_cap.as_str(), "pause" | "terminate") {
+            return bad(
+                "limits.on_cap",
+                &l.on_cap,
+                "must be \"pause\" or \"terminate\"",
+            );
+        }
+        for (kind, a) in [
+            ("claude", &self.agents.claude),
+            ("codex", &self.agents.codex),
+        ] {
+            if !a.config_toml.is_empty()
+                && kind == "codex"
+                && toml::from_str::<toml::Value>(&a.config_toml).is_err()
+            {
+                return bad("agents.codex.config_toml", &"<toml>", "is not valid TOML");
+            }
+            if !a.permission_mode.is_empty()
+                && !matches!(
+                    a.permission_mode.as_str(),
+                    "default" | "acceptEdits" | "plan" | "bypassPermissions"
+                )
+            {
+                return bad(
+                    &format!("agents.{kind}.permission_mode"),
+                    &a.permission_mode,
+                    "must be default, acceptEdits, plan or bypassPermissions",
+                );
+            }
+        }
+        if !(self.agents.start_timeout_s.is_finite()
+            && self.agents.start_timeout_s > 0.0
+            && self.agents.start_timeout_s <= 600.0)
+        {
+            return bad(
+                "agents.start_timeout_s",
+                &self.agents.start_timeout_s,
+                "must be >0 and ≤600",
+            );
+        }
+        if self.agents.enter_delay_ms > 10_000 {
+            return bad(
+                "agents.enter_delay_ms",
+                &self.agents.enter_delay_ms,
+                "must be 0-10000",
+            );
+        }
+        for (model, p) in &self.prices {
+            if [p.input, p.output, p.cache_write, p.cache_read]
+                .iter()
+                .any(|v| !(v.is_finite() && *v >= 0.0))
+            {
+                return bad(
+                    &format!("prices.{model}"),
+                    p,
+                    "prices must be numbers ≥ 0 (USD per million tokens)",
+                );
+            }
         }
         if self.limits.max_instances == 0 {
             return bad("limits.max_instances", &0, "must be at least 1");

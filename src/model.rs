@@ -12,13 +12,25 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Command,
+    Claude,
+    Codex,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Command => "command",
+            Kind::Claude => "claude",
+            Kind::Codex => "codex",
         }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Command, Kind::Claude, Kind::Codex]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+    pub fn is_agent(self) -> bool {
+        self != Kind::Command
     }
 }
 
@@ -118,6 +130,10 @@ pub enum ReasonCode {
     SupervisorShutdown,
     /// Found dead after a daemon restart.
     Lost,
+    /// The instance's or the fleet's USD cap was reached (with `limits.on_cap = "terminate"`).
+    CostCap,
+    /// The instance's token cap was reached (with `limits.on_cap = "terminate"`).
+    TokenCap,
 }
 
 impl ReasonCode {
@@ -131,6 +147,8 @@ impl ReasonCode {
             ReasonCode::SpawnFailed => "spawn_failed",
             ReasonCode::SupervisorShutdown => "supervisor_shutdown",
             ReasonCode::Lost => "lost",
+            ReasonCode::CostCap => "cost_cap",
+            ReasonCode::TokenCap => "token_cap",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -143,6 +161,8 @@ impl ReasonCode {
             ReasonCode::SpawnFailed,
             ReasonCode::SupervisorShutdown,
             ReasonCode::Lost,
+            ReasonCode::CostCap,
+            ReasonCode::TokenCap,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
@@ -211,6 +231,16 @@ pub struct InstanceInfo {
     /// Turns started by input (messages sent).
     pub turns: u64,
     pub cost_usd: f64,
+    /// Tokens the agent reported (input, output, cache writes, cache reads).
+    pub tokens: crate::agent::prices::Tokens,
+    /// Caps; `None` means no cap.
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    /// `interactive` or `headless` (agents); `None` for commands.
+    pub mode: Option<String>,
+    pub model: Option<String>,
+    /// The agent's own session (Claude) or thread (Codex) id, for resuming its conversation.
+    pub session_id: Option<String>,
 }
 
 /// What a client asks for when spawning.
@@ -223,7 +253,8 @@ pub struct SpawnRequest {
     pub kind: Option<String>,
     /// `tmux` or `pty`; default from config.
     pub backend: Option<String>,
-    /// The program and its arguments.
+    /// The program and its arguments (kind `command`).
+    #[serde(default)]
     pub argv: Vec<String>,
     /// Extra environment variables.
     #[serde(default)]
@@ -239,6 +270,24 @@ pub struct SpawnRequest {
     pub rows: Option<u16>,
     /// Output silence (ms) that ends a turn; default `instance.turn_quiet_ms`.
     pub turn_quiet_ms: Option<u64>,
+    /// Agents: `interactive` (default) or `headless`.
+    pub mode: Option<String>,
+    /// Agents: the model (default from `agents.<kind>.model`, else the CLI's own).
+    pub model: Option<String>,
+    /// Agents: a first message, sent once the agent is ready.
+    pub prompt: Option<String>,
+    /// Agents: extra system prompt / instructions.
+    pub system_prompt: Option<String>,
+    /// Claude: `--permission-mode`.
+    pub permission_mode: Option<String>,
+    /// Agents: extra CLI arguments.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Agents: spending caps for this instance.
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    /// Agents being resumed: the conversation to continue (set by `resume`).
+    pub resume_session: Option<String>,
     /// Wait until the instance is ready (or failed) before answering.
     #[serde(default)]
     pub wait_ready: bool,

@@ -227,6 +227,21 @@ impl Control {
         }
     }
 
+    /// Pastes `text` as one bracketed paste (the TUI sees a paste, not keystrokes, so newlines
+    /// in the text do not submit it). Enter is pressed separately.
+    pub async fn paste(&self, text: &str) -> io::Result<()> {
+        match self {
+            Control::Pty { fd, .. } => {
+                let mut data = Vec::with_capacity(text.len() + 12);
+                data.extend_from_slice(b"\x1b[200~");
+                data.extend_from_slice(text.as_bytes());
+                data.extend_from_slice(b"\x1b[201~");
+                pty::write_all(fd, &data).await
+            }
+            Control::Tmux { tmux, session } => tmux.paste(session, text).await,
+        }
+    }
+
     /// The interrupt key: Ctrl-C through the terminal (the line discipline turns it into
     /// SIGINT for the foreground process group; a TUI may handle it itself).
     pub async fn interrupt(&self) -> io::Result<()> {

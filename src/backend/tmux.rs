@@ -204,6 +204,30 @@ impl Tmux {
             .map(|_| ())
     }
 
+    /// Loads `text` into a buffer named for the session and pastes it with `-p` (bracketed
+    /// paste, as the TUIs request), deleting the buffer after.
+    pub async fn paste(&self, session: &str, text: &str) -> io::Result<()> {
+        let buffer = format!("corral-{session}");
+        self.run(&[
+            "set-buffer".into(),
+            "-b".into(),
+            buffer.clone(),
+            "--".into(),
+            text.into(),
+            ";".into(),
+            "paste-buffer".into(),
+            "-p".into(),
+            "-r".into(),
+            "-d".into(),
+            "-b".into(),
+            buffer,
+            "-t".into(),
+            pane_target(session),
+        ])
+        .await
+        .map(|_| ())
+    }
+
     pub async fn send_keys(&self, session: &str, keys: &[&str]) -> io::Result<()> {
         let mut args = vec!["send-keys".into(), "-t".into(), pane_target(session)];
         args.extend(keys.iter().map(|k| k.to_string()));

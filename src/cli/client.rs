@@ -153,10 +153,8 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 idle_timeout_s: idle_timeout,
                 wall_timeout_s: wall_timeout,
                 ready_pattern,
-                cols: None,
-                rows: None,
-                turn_quiet_ms: None,
                 wait_ready: !no_wait,
+                ..Default::default()
             };
             let info: InstanceInfo = c.json(c.req(Method::POST, "/instances").json(&req)).await?;
             if json {
@@ -262,6 +260,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
         | Command::Init { .. }
         | Command::CheckConfig
         | Command::Backup { .. }
+        | Command::Hook { .. }
         | Command::Version => {
             unreachable!("handled in cli::main")
         }

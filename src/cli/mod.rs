@@ -130,6 +130,9 @@ pub enum Command {
     Backup { path: PathBuf },
     /// Print the version.
     Version,
+    /// Used by agents' hooks: append the hook's JSON (stdin) to FILE as one line.
+    #[command(name = "__hook", hide = true)]
+    Hook { file: PathBuf },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -137,6 +140,10 @@ pub fn main(cli: Cli) -> i32 {
     // Normally split off in `main` already; kept here so this entry point is complete.
     if let Command::Init { argv } = &cli.command {
         return crate::pid1::init(argv);
+    }
+    // Run by agents' hooks: must not depend on (or fail over) the config.
+    if let Command::Hook { file } = &cli.command {
+        return crate::agent::watch::append_hook(file);
     }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -149,6 +156,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Serve => serve(cfg),
         Command::CheckConfig => check_config(&cfg),
         Command::Backup { path } => backup(&cfg, &path),
+        Command::Hook { .. } => Ok(()),
         Command::Version => {
             println!("corral {}", env!("CARGO_PKG_VERSION"));
             Ok(())

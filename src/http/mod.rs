@@ -47,8 +47,16 @@ fn mcp_service(state: &AppState) -> StreamableHttpService<CorralMcp, LocalSessio
     };
     let sup = state.sup.clone();
     let metrics = state.metrics.clone();
+    let sessions = crate::mcp::Sessions::default();
+    sessions.spawn_forwarder(&sup);
     StreamableHttpService::new(
-        move || Ok(CorralMcp::new(sup.clone(), metrics.clone())),
+        move || {
+            Ok(CorralMcp::new(
+                sup.clone(),
+                metrics.clone(),
+                sessions.clone(),
+            ))
+        },
         Default::default(),
         config,
     )

@@ -13,10 +13,11 @@ pub struct SpawnArgs {
     /// letter or digit, at most 63 characters, unique among running instances. Default: made
     /// from the kind and the id.
     pub name: Option<String>,
-    /// What to run. "command" runs any program given in `argv`. Default "command".
+    /// What to run: "claude" (Claude Code), "codex" (Codex CLI), or "command" (any program
+    /// given in `argv`). Default "command".
     pub kind: Option<String>,
-    /// The program and its arguments, e.g. ["python3", "worker.py", "--fast"]. The program
-    /// is looked up on PATH.
+    /// For kind "command": the program and its arguments, e.g. ["python3", "worker.py"]. The
+    /// program is looked up on PATH. Not used for claude/codex.
     #[serde(default)]
     pub argv: Vec<String>,
     /// "tmux" (default: an operator can attach to it) or "pty".
@@ -36,6 +37,22 @@ pub struct SpawnArgs {
     /// Milliseconds of output silence after which a message's turn counts as finished (for
     /// commands that print nothing while they work, raise it). Default from the server (800).
     pub turn_quiet_ms: Option<u64>,
+    /// claude/codex: "interactive" (default: the agent's terminal UI, attachable).
+    pub mode: Option<String>,
+    /// claude/codex: the model, e.g. "claude-sonnet-4-6" or "gpt-5.5". Default from the server.
+    pub model: Option<String>,
+    /// claude/codex: a first message, sent as soon as the agent is ready.
+    pub prompt: Option<String>,
+    /// claude/codex: extra instructions appended to the agent's system prompt.
+    pub system_prompt: Option<String>,
+    /// claude: permission mode: default, acceptEdits, plan or bypassPermissions.
+    pub permission_mode: Option<String>,
+    /// claude/codex: extra command-line arguments for the CLI.
+    pub extra_args: Option<Vec<String>>,
+    /// claude/codex: stop (or pause) the agent when it has spent this many US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// claude/codex: stop (or pause) the agent when it has used this many tokens.
+    pub max_tokens: Option<u64>,
     /// Wait (up to the start timeout) until the instance is ready or has failed before
     /// answering. Default false: answer at once with state "starting".
     pub wait_ready: Option<bool>,

@@ -59,18 +59,73 @@ fn bounded(name: &str, v: Option<usize>, default: usize, max: usize) -> Result<u
     }
 }
 
+/// Connected MCP sessions, for server-initiated log notifications (cap warnings, pauses,
+/// instance ends). Sessions whose transport has closed are dropped.
+#[derive(Clone, Default)]
+pub struct Sessions(Arc<std::sync::Mutex<Vec<Peer<RoleServer>>>>);
+
+/// Events that reach MCP clients as `notifications/message`, with their level.
+#[allow(deprecated)] // logging is part of protocol versions 2025-06-18 and 2025-11-25
+fn log_level(kind: &str) -> Option<rmcp::model::LoggingLevel> {
+    use rmcp::model::LoggingLevel as L;
+    Some(match kind {
+        "cap_warning" | "paused" => L::Warning,
+        "exit" | "lost" => L::Notice,
+        "resumed" | "notice" => L::Info,
+        _ => return None,
+    })
+}
+
+impl Sessions {
+    fn add(&self, peer: Peer<RoleServer>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
+    }
+
+    /// Forwards the supervisor's notable events to every connected session.
+    #[allow(deprecated)] // logging is part of protocol versions 2025-06-18 and 2025-11-25
+    pub fn spawn_forwarder(&self, sup: &Supervisor) {
+        let mut rx = sup.subscribe_events();
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(level) = log_level(&ev.kind) else {
+                    continue;
+                };
+                let data = json!({ "event": ev.kind, "instance_id": ev.instance_id, "name": ev.name, "data": ev.data, "seq": ev.seq });
+                let param = rmcp::model::LoggingMessageNotificationParam::new(level, data)
+                    .with_logger("corral");
+                let peers: Vec<Peer<RoleServer>> = {
+                    let mut all = sessions.0.lock().unwrap_or_else(|p| p.into_inner());
+                    all.retain(|p| !p.is_transport_closed());
+                    all.clone()
+                };
+                for p in peers {
+                    let _ = p.notify_logging_message(param.clone()).await;
+                }
+            }
+        });
+    }
+}
+
 #[derive(Clone)]
 pub struct CorralMcp {
     sup: Supervisor,
     metrics: Arc<Metrics>,
+    sessions: Sessions,
     tool_router: ToolRouter<Self>,
 }
 
 impl CorralMcp {
-    pub fn new(sup: Supervisor, metrics: Arc<Metrics>) -> Self {
+    pub fn new(sup: Supervisor, metrics: Arc<Metrics>, sessions: Sessions) -> Self {
         Self {
             sup,
             metrics,
+            sessions,
             tool_router: Self::tool_router(),
         }
     }
@@ -142,10 +197,17 @@ impl CorralMcp {
                 idle_timeout_s: a.idle_timeout_s,
                 wall_timeout_s: a.wall_timeout_s,
                 ready_pattern: a.ready_pattern,
-                cols: None,
-                rows: None,
                 turn_quiet_ms: a.turn_quiet_ms,
                 wait_ready: a.wait_ready.unwrap_or(false),
+                mode: a.mode,
+                model: a.model,
+                prompt: a.prompt,
+                system_prompt: a.system_prompt,
+                permission_mode: a.permission_mode,
+                extra_args: a.extra_args.unwrap_or_default(),
+                max_cost_usd: a.max_cost_usd,
+                max_tokens: a.max_tokens,
+                ..Default::default()
             };
             Ok(json!(self
                 .sup
@@ -347,26 +409,18 @@ impl CorralMcp {
     }
 
     #[tool(
-        description = "Set an instance's spending limits (max_cost_usd, max_tokens). At 80% a warning is logged; at 100% the instance is paused until the budget is raised. Budgets apply to agent instances that report token usage.",
+        description = "Set a claude/codex instance's spending caps (max_cost_usd, max_tokens). At 80% of a cap a warning is logged (and sent as an MCP log message); at 100% the instance is paused (its turn interrupted, messages refused) or terminated, per the server's config. Raising the cap of a paused instance resumes it.",
         input_schema = schema::<BudgetArgs>()
     )]
     async fn set_budget(&self, Parameters(raw): Parameters<JsonObject>) -> ToolResult {
         let r = async {
             let a: BudgetArgs = parse("set_budget", raw)?;
-            if a.max_cost_usd.is_none() && a.max_tokens.is_none() {
-                return Err("give max_cost_usd, max_tokens or both".to_string());
-            }
-            if let Some(c) = a.max_cost_usd {
-                if !(c.is_finite() && c >= 0.0) {
-                    return Err(format!("max_cost_usd = {c}: must be a number of dollars ≥ 0"));
-                }
-            }
-            let info = self.sup.get(&a.instance).await.map_err(|e| e.to_string())?;
-            Err(format!(
-                "instance {:?} is a {} instance: it reports no token usage or cost, so a budget could not be enforced on it; budgets apply to claude and codex instances",
-                info.name,
-                info.kind.as_str()
-            ))
+            let info = self
+                .sup
+                .set_budget(&a.instance, a.max_cost_usd, a.max_tokens)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!(info))
         }
         .await;
         self.finish("set_budget", r)
@@ -380,20 +434,25 @@ impl CorralMcp {
         let r = async {
             let a: UsageArgs = parse("get_usage", raw)?;
             let per = |i: &crate::model::InstanceInfo| {
-                json!({ "id": i.id, "name": i.name, "kind": i.kind, "state": i.state, "cost_usd": i.cost_usd,
-                        "tokens": { "input": 0, "output": 0, "cache_write": 0, "cache_read": 0 } })
+                json!({ "id": i.id, "name": i.name, "kind": i.kind, "state": i.state, "model": i.model,
+                        "cost_usd": i.cost_usd, "tokens": i.tokens,
+                        "max_cost_usd": i.max_cost_usd, "max_tokens": i.max_tokens })
             };
             if let Some(inst) = a.instance {
                 let i = self.sup.get(&inst).await.map_err(|e| e.to_string())?;
                 return Ok(per(&i));
             }
             let all = self.sup.list(true).await.map_err(|e| e.to_string())?;
+            let mut tokens = crate::agent::prices::Tokens::default();
+            for i in &all {
+                tokens.add(&i.tokens);
+            }
             let total: f64 = all.iter().map(|i| i.cost_usd).sum();
+            let cap = self.sup.config().limits.max_total_cost_usd;
             Ok(json!({
-                "fleet": { "instances": all.len(), "live": all.iter().filter(|i| i.state.is_live()).count(), "cost_usd": total,
-                           "tokens": { "input": 0, "output": 0, "cache_write": 0, "cache_read": 0 } },
+                "fleet": { "instances": all.len(), "live": all.iter().filter(|i| i.state.is_live()).count(),
+                           "cost_usd": total, "tokens": tokens, "max_total_cost_usd": (cap > 0.0).then_some(cap) },
                 "instances": all.iter().map(per).collect::<Vec<_>>(),
-                "note": "command instances use no model tokens; usage comes from claude and codex instances",
             }))
         }
         .await;
@@ -466,8 +525,13 @@ impl CorralMcp {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CorralMcp {
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        self.sessions.add(context.peer);
+    }
+
+    #[allow(deprecated)] // logging is part of protocol versions 2025-06-18 and 2025-11-25
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
             .with_server_info(Implementation::new("corral", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "corral supervises long-running instances (AI coding agents or any command) on this host. \

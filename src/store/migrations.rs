@@ -59,6 +59,32 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN pid_start INTEGER;
     ALTER TABLE instances ADD COLUMN boot_id TEXT;
     "#,
+    // v3: agents: tokens, caps, mode, model, session; usage records (deduplicated by key)
+    r#"
+    ALTER TABLE instances ADD COLUMN tokens TEXT NOT NULL DEFAULT '{"input":0,"output":0,"cache_write":0,"cache_read":0}';
+    ALTER TABLE instances ADD COLUMN max_cost_usd REAL;
+    ALTER TABLE instances ADD COLUMN max_tokens INTEGER;
+    ALTER TABLE instances ADD COLUMN mode TEXT;
+    ALTER TABLE instances ADD COLUMN model TEXT;
+    ALTER TABLE instances ADD COLUMN session_id TEXT;
+    CREATE TABLE usage (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id TEXT NOT NULL REFERENCES instances(id),
+        turn        INTEGER,
+        ts          INTEGER NOT NULL,
+        key         TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        input       INTEGER NOT NULL,
+        output      INTEGER NOT NULL,
+        cache_write INTEGER NOT NULL,
+        cache_read  INTEGER NOT NULL,
+        cost_usd    REAL NOT NULL,
+        priced_by   TEXT NOT NULL,
+        UNIQUE (instance_id, key)
+    );
+    CREATE INDEX usage_instance ON usage(instance_id, id);
+    "#,
 ];
 
 /// The schema version this binary writes.

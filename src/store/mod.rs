@@ -193,9 +193,11 @@ impl Store {
                 "INSERT INTO instances (id, name, kind, backend, parent_id, state, reason,
                     reason_detail, exit_code, exit_signal, pid, argv, env_keys, spec, workspace,
                     tmux_session, idle_timeout_s, wall_timeout_s, created_at, started_at,
-                    ended_at, last_activity_at, output_bytes, turns, cost_usd, pid_start, boot_id)
+                    ended_at, last_activity_at, output_bytes, turns, cost_usd, pid_start, boot_id,
+                    tokens, max_cost_usd, max_tokens, mode, model, session_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
+                    ?33)",
                 params![
                     info.id,
                     info.name,
@@ -224,6 +226,12 @@ impl Store {
                     info.cost_usd,
                     info.pid_start.map(|v| v as i64),
                     info.boot_id,
+                    serde_json::to_string(&info.tokens).unwrap_or_default(),
+                    info.max_cost_usd,
+                    info.max_tokens.map(|v| v as i64),
+                    info.mode,
+                    info.model,
+                    info.session_id,
                 ],
             )?;
             let event = insert_event(&tx, event)?;
@@ -297,6 +305,52 @@ impl Store {
                 )
                 .optional()?
                 .transpose()
+        })
+        .await
+    }
+
+    /// Records one usage record unless one with the same key is already stored for the
+    /// instance. Returns whether it was new.
+    pub async fn add_usage(
+        &self,
+        instance_id: String,
+        turn: Option<u64>,
+        rec: crate::agent::usage::UsageRecord,
+        cost_usd: f64,
+        priced_by: &'static str,
+    ) -> Result<bool, StoreError> {
+        self.call(move |db| {
+            let n = db.conn.execute(
+                "INSERT OR IGNORE INTO usage (instance_id, turn, ts, key, source, model, input, output, cache_write, cache_read, cost_usd, priced_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    instance_id,
+                    turn.map(|t| t as i64),
+                    crate::model::now_ms(),
+                    rec.key,
+                    rec.source,
+                    rec.model,
+                    rec.tokens.input as i64,
+                    rec.tokens.output as i64,
+                    rec.tokens.cache_write as i64,
+                    rec.tokens.cache_read as i64,
+                    cost_usd,
+                    priced_by,
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Total USD recorded over every instance (the fleet's spend).
+    pub async fn fleet_cost(&self) -> Result<f64, StoreError> {
+        self.call(|db| {
+            Ok(db
+                .conn
+                .query_row("SELECT COALESCE(SUM(cost_usd), 0) FROM usage", [], |r| {
+                    r.get(0)
+                })?)
         })
         .await
     }
@@ -415,7 +469,8 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
         "UPDATE instances SET state = ?2, reason = ?3, reason_detail = ?4, exit_code = ?5,
             exit_signal = ?6, pid = ?7, tmux_session = ?8, started_at = ?9, ended_at = ?10,
             last_activity_at = ?11, output_bytes = ?12, turns = ?13, cost_usd = ?14,
-            pid_start = ?15, boot_id = ?16
+            pid_start = ?15, boot_id = ?16, tokens = ?17, max_cost_usd = ?18, max_tokens = ?19,
+            session_id = ?20
          WHERE id = ?1",
         params![
             info.id,
@@ -434,6 +489,10 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
             info.cost_usd,
             info.pid_start.map(|v| v as i64),
             info.boot_id,
+            serde_json::to_string(&info.tokens).unwrap_or_default(),
+            info.max_cost_usd,
+            info.max_tokens.map(|v| v as i64),
+            info.session_id,
         ],
     )?;
     Ok(())
@@ -453,10 +512,7 @@ fn read_instance(r: &Row<'_>) -> Result<InstanceInfo, StoreError> {
     Ok(InstanceInfo {
         id: r.get("id")?,
         name: r.get("name")?,
-        kind: match kind.as_str() {
-            "command" => Kind::Command,
-            other => return Err(corrupt(format!("unknown kind {other:?}"))),
-        },
+        kind: Kind::parse(&kind).ok_or_else(|| corrupt(format!("unknown kind {kind:?}")))?,
         backend: BackendKind::parse(&backend)
             .ok_or_else(|| corrupt(format!("unknown backend {backend:?}")))?,
         parent_id: r.get("parent_id")?,
@@ -487,6 +543,15 @@ fn read_instance(r: &Row<'_>) -> Result<InstanceInfo, StoreError> {
         cost_usd: r.get("cost_usd")?,
         pid_start: r.get::<_, Option<i64>>("pid_start")?.map(|v| v as u64),
         boot_id: r.get("boot_id")?,
+        tokens: {
+            let t: String = r.get("tokens")?;
+            serde_json::from_str(&t).map_err(|e| corrupt(format!("tokens: {e}")))?
+        },
+        max_cost_usd: r.get("max_cost_usd")?,
+        max_tokens: r.get::<_, Option<i64>>("max_tokens")?.map(|v| v as u64),
+        mode: r.get("mode")?,
+        model: r.get("model")?,
+        session_id: r.get("session_id")?,
     })
 }
 

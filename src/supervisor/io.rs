@@ -38,8 +38,11 @@ pub struct TurnOutcome {
     /// False when the wait timed out (the turn keeps running).
     pub done: bool,
     pub state: StateName,
-    /// Output produced during the turn (escapes stripped), bounded.
+    /// The agent's reply, or (commands) the output produced during the turn with escapes
+    /// stripped, bounded.
     pub reply: String,
+    /// Why the turn failed (an API error, a cap), when it did.
+    pub error: Option<String>,
 }
 
 /// A live follower of an instance's output.
@@ -117,8 +120,10 @@ impl Supervisor {
             )));
         };
         let mut rx = h.shared.info.subscribe();
+        let mut turns = h.shared.turn_epoch.subscribe();
         let deadline = Instant::now() + timeout;
         loop {
+            turns.borrow_and_update();
             let rec = h.shared.turn(turn);
             let ended = !rx.borrow_and_update().state.is_live();
             if let Some(rec) = &rec {
@@ -126,10 +131,13 @@ impl Supervisor {
                     return Ok(self.outcome(&h, rec, true));
                 }
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+            let woke = async {
+                tokio::select! {
+                    r = rx.changed() => r,
+                    r = turns.changed() => r,
+                }
+            };
+            if tokio::time::timeout_at(deadline, woke).await.is_err() {
                 let rec = h.shared.turn(turn).ok_or_else(|| not_found(r))?;
                 return Ok(self.outcome(&h, &rec, false));
             }
@@ -156,7 +164,12 @@ impl Supervisor {
             },
             done,
             state: info.state,
-            reply: String::from_utf8_lossy(&strip_ansi(&bytes)).into_owned(),
+            // An agent's own reply text; a command's reply is its output during the turn.
+            reply: rec
+                .reply
+                .clone()
+                .unwrap_or_else(|| String::from_utf8_lossy(&strip_ansi(&bytes)).into_owned()),
+            error: rec.error.clone(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! reads what the task publishes (snapshot, output ring, chunk broadcast). Ended instances are
 //! read from the store. Nothing here knows about HTTP or MCP.
 
+mod agent_task;
 pub mod files;
 pub mod instance;
 mod io;
@@ -75,6 +76,7 @@ struct TaskStart {
     first_event: (&'static str, serde_json::Value),
     /// Output from before (the log tail of an adopted instance) for the ring.
     ring_seed: Vec<u8>,
+    agent: Option<agent_task::AgentLink>,
 }
 
 /// A live slot: reserved at spawn, filled once the task runs, removed when it ends.
@@ -92,9 +94,64 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, Slot>>,
     live_count: watch::Sender<usize>,
     shutting_down: AtomicBool,
+    pub prices: crate::agent::prices::PriceTable,
+    /// USD recorded over all instances ever (the fleet's spend), and whether the fleet cap's
+    /// warning and pause have been given.
+    fleet_cost: Mutex<f64>,
+    fleet_warned: AtomicBool,
+    fleet_paused: AtomicBool,
 }
 
 impl Inner {
+    pub fn fleet_over_cap(&self) -> bool {
+        let max = self.cfg.limits.max_total_cost_usd;
+        max > 0.0 && *lock(&self.fleet_cost) >= max
+    }
+
+    /// Adds to the fleet's spend; warns at 80% of `limits.max_total_cost_usd` and pauses every
+    /// agent at 100%.
+    pub async fn add_fleet_cost(&self, cost: f64) {
+        let total = {
+            let mut f = lock(&self.fleet_cost);
+            *f += cost;
+            *f
+        };
+        let max = self.cfg.limits.max_total_cost_usd;
+        match agent_task::cap_level(total, (max > 0.0).then_some(max)) {
+            agent_task::CapLevel::Under => {}
+            level => {
+                if !self.fleet_warned.swap(true, Ordering::SeqCst) {
+                    let ev = Event {
+                        seq: 0,
+                        ts: now_ms(),
+                        instance_id: None,
+                        name: None,
+                        kind: "cap_warning".into(),
+                        data: json!({ "cap": "max_total_cost_usd", "used": total, "limit": max, "percent": (total / max * 100.0).floor() }),
+                    };
+                    let _ = self.note(ev).await;
+                }
+                if level == agent_task::CapLevel::Reached
+                    && !self.fleet_paused.swap(true, Ordering::SeqCst)
+                {
+                    warn!(total, max, "fleet cost cap reached: pausing every agent");
+                    let handles: Vec<Handle> = lock(&self.live)
+                        .values()
+                        .filter_map(|s| s.handle.clone())
+                        .collect();
+                    for h in handles {
+                        if h.shared.info.borrow().kind.is_agent() {
+                            let _ = h.ctl.try_send(Ctl::CapReached {
+                                cap: "max_total_cost_usd",
+                                reason: ReasonCode::CostCap,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Broadcasts an event the store has committed.
     pub fn announce(&self, ev: Event) {
         let _ = self.events.send(ev);
@@ -137,8 +194,13 @@ impl Supervisor {
             live: Mutex::new(HashMap::new()),
             live_count: watch::Sender::new(0),
             shutting_down: AtomicBool::new(false),
+            prices: crate::agent::prices::PriceTable::new(cfg.prices.clone()),
+            fleet_cost: Mutex::new(0.0),
+            fleet_warned: AtomicBool::new(false),
+            fleet_paused: AtomicBool::new(false),
             cfg,
         });
+        *lock(&inner.fleet_cost) = inner.store.fleet_cost().await.unwrap_or(0.0);
         let sup = Supervisor { inner };
         if let Err(e) = sup.inner.tmux.ensure_server().await {
             warn!(error = %e, "tmux is unavailable; the tmux backend will fail until it is installed");
@@ -170,6 +232,13 @@ impl Supervisor {
         }
         let wait_ready = req.wait_ready;
         let plan = plan::plan(&self.inner.cfg, &self.inner.paths, req)?;
+        if plan.agent.is_some() && self.inner.fleet_over_cap() {
+            return Err(SupervisorError::LimitReached(format!(
+                "the fleet has spent ${:.2} of limits.max_total_cost_usd = ${:.2}; no new agents",
+                *lock(&self.inner.fleet_cost),
+                self.inner.cfg.limits.max_total_cost_usd
+            )));
+        }
         let id = self.new_id().await?;
         let name = plan
             .name
@@ -264,6 +333,12 @@ impl Supervisor {
             cost_usd: 0.0,
             pid_start: None,
             boot_id: None,
+            tokens: Default::default(),
+            max_cost_usd: plan.max_cost_usd,
+            max_tokens: plan.max_tokens,
+            mode: plan.agent.as_ref().map(|a| a.mode.as_str().to_string()),
+            model: plan.agent.as_ref().and_then(|a| a.model.clone()),
+            session_id: plan.agent.as_ref().and_then(|a| a.session_id.clone()),
         };
         let spec_json = plan.spec_json();
         let ev = self.event(
@@ -284,7 +359,28 @@ impl Supervisor {
             .await?;
         self.inner.announce(ev);
 
-        let spec = plan.launch_spec(name, &workspace, id);
+        let agent_dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, id);
+        let prepared = match &plan.agent {
+            None => None,
+            Some(a) => {
+                let exe = std::env::current_exe().map_err(|e| {
+                    SupervisorError::Backend(format!("locating corral itself: {e}"))
+                })?;
+                let ws = workspace
+                    .canonicalize()
+                    .unwrap_or_else(|_| workspace.clone());
+                Some(
+                    crate::agent::launch::prepare(cfg, a, &agent_dir, &ws, &exe).map_err(|e| {
+                        SupervisorError::Backend(format!("preparing {}: {e}", agent_dir.display()))
+                    })?,
+                )
+            }
+        };
+        let (argv, agent_env) = match &prepared {
+            Some(p) => (p.argv.clone(), p.env.clone()),
+            None => (plan.argv.clone(), Default::default()),
+        };
+        let spec = plan.launch_spec(name, &workspace, id, &agent_env, argv);
         let launched = backend::launch(
             plan.backend,
             &spec,
@@ -317,18 +413,31 @@ impl Supervisor {
         info.started_at = Some(now_ms());
         let now = Instant::now();
         let start_timeout = Duration::from_secs_f64(cfg.instance.start_timeout_s);
+        let is_agent = plan.agent.is_some();
+        let agent_start = Duration::from_secs_f64(cfg.agents.start_timeout_s);
+        let mut ready_re = plan.ready_re;
+        let mut agent = None;
+        if let (Some(p), Some(a)) = (&prepared, &plan.agent) {
+            if let Some(pat) = &p.ready_pattern {
+                ready_re = regex::bytes::Regex::new(pat).ok();
+            }
+            agent = Some(self.link_agent(p.watch.clone(), false, a.prompt.clone())?);
+        }
         let timers = Timers {
             idle: (plan.idle_timeout_s > 0).then(|| Duration::from_secs(plan.idle_timeout_s)),
             wall_deadline: (plan.wall_timeout_s > 0)
                 .then(|| now + Duration::from_secs(plan.wall_timeout_s)),
-            start_deadline: plan.ready_re.is_some().then(|| now + start_timeout),
-            settle_deadline: plan
-                .ready_re
-                .is_none()
+            start_deadline: if is_agent {
+                Some(now + agent_start)
+            } else {
+                ready_re.is_some().then(|| now + start_timeout)
+            },
+            settle_deadline: (!is_agent && ready_re.is_none())
                 .then(|| now + Duration::from_millis(cfg.instance.settle_ms)),
             quiet: Duration::from_millis(plan.turn_quiet_ms),
             quiet_deadline: None,
             kill_deadline: None,
+            enter_deadline: None,
             last_activity: now,
         };
         let pid = info.pid;
@@ -337,13 +446,83 @@ impl Supervisor {
             state: State::Starting,
             launched,
             timers,
-            ready_re: plan.ready_re,
+            ready_re,
             stop_signal: plan.stop_signal,
             first_event: ("started", json!({ "pid": pid })),
             ring_seed: Vec::new(),
+            agent,
         });
         info!(%id, %name, pid = info.pid, backend = info.backend.as_str(), "spawned");
         Ok(info)
+    }
+
+    /// Starts watching an agent's files and returns the link its task reads.
+    fn link_agent(
+        &self,
+        spec: crate::agent::launch::WatchSpec,
+        adopted: bool,
+        prompt: Option<String>,
+    ) -> Result<agent_task::AgentLink, SupervisorError> {
+        let (tx, rx) = mpsc::channel(256);
+        let watch = crate::agent::watch::spawn(spec, adopted, tx)
+            .map_err(|e| SupervisorError::Backend(format!("watching the agent's files: {e}")))?;
+        Ok(agent_task::AgentLink {
+            _watch: watch,
+            rx: Some(rx),
+            pending_prompt: prompt,
+            warned: Default::default(),
+            turn_start: Default::default(),
+        })
+    }
+
+    /// Changes an agent's caps; a paused instance under its new caps resumes.
+    pub async fn set_budget(
+        &self,
+        r: &str,
+        max_cost_usd: Option<f64>,
+        max_tokens: Option<u64>,
+    ) -> Result<InstanceInfo, SupervisorError> {
+        if max_cost_usd.is_none() && max_tokens.is_none() {
+            return Err(SupervisorError::InvalidArgument(
+                "give max_cost_usd, max_tokens or both".into(),
+            ));
+        }
+        if let Some(c) = max_cost_usd {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(SupervisorError::InvalidArgument(format!(
+                    "max_cost_usd = {c}: must be a positive number of dollars"
+                )));
+            }
+        }
+        if max_tokens == Some(0) {
+            return Err(SupervisorError::InvalidArgument(
+                "max_tokens = 0: must be positive".into(),
+            ));
+        }
+        let info = self.get(r).await?;
+        if !info.kind.is_agent() {
+            return Err(SupervisorError::InvalidArgument(format!(
+                "instance {:?} is a command instance: it reports no token usage or cost, so a budget could not be enforced on it; budgets apply to claude and codex instances",
+                info.name
+            )));
+        }
+        let Some(h) = self.handle(r) else {
+            return Err(SupervisorError::State(format!(
+                "instance {:?} has ended ({})",
+                info.name,
+                info.state.as_str()
+            )));
+        };
+        let (tx, rx) = oneshot::channel();
+        h.ctl
+            .send(Ctl::SetBudget {
+                max_cost_usd,
+                max_tokens,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ended(r))?;
+        rx.await.map_err(|_| ended(r))?
     }
 
     /// Hands a running process to a new task that owns it from now on.
@@ -374,6 +553,7 @@ impl Supervisor {
             current_turn: None,
             start_timeout: Duration::from_secs_f64(cfg.instance.start_timeout_s),
             first_event: t.first_event,
+            agent: t.agent,
         };
         {
             let mut live = lock(&self.inner.live);

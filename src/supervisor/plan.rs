@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 
 use super::SupervisorError;
+use crate::agent::launch::{new_uuid, AgentPlan, Mode};
 use crate::backend::{parse_signal, LaunchSpec};
 use crate::config::{Config, Paths};
 use crate::model::{BackendKind, Kind, SpawnRequest};
@@ -36,6 +37,10 @@ pub struct Plan {
     pub rows: u16,
     pub turn_quiet_ms: u64,
     pub stop_signal: Signal,
+    /// Agents: what to launch and how (claude/codex); `None` for commands.
+    pub agent: Option<AgentPlan>,
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
 }
 
 fn invalid(msg: String) -> SupervisorError {
@@ -56,24 +61,47 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
     if let Some(name) = &req.name {
         crate::ids::validate_name(name).map_err(|e| invalid(format!("invalid name: {e}")))?;
     }
-    let kind = match req.kind.as_deref().unwrap_or("command") {
-        "command" => Kind::Command,
-        other => {
-            return Err(invalid(format!(
-                "kind = {other:?}: this corral runs kind \"command\" (any argv)"
-            )))
-        }
-    };
+    let kind_name = req.kind.as_deref().unwrap_or("command");
+    let kind = Kind::parse(kind_name).ok_or_else(|| {
+        invalid(format!(
+            "kind = {kind_name:?}: must be \"command\", \"claude\" or \"codex\""
+        ))
+    })?;
     let backend_name = req.backend.as_deref().unwrap_or(&cfg.instance.backend);
     let backend = BackendKind::parse(backend_name).ok_or_else(|| {
         invalid(format!(
             "backend = {backend_name:?}: must be \"tmux\" or \"pty\""
         ))
     })?;
-    if req.argv.is_empty() || req.argv[0].is_empty() {
-        return Err(invalid(
-            "argv must name a program to run (argv[0] is empty)".into(),
-        ));
+    let agent = agent_plan(cfg, kind, &req)?;
+    if agent.is_some() {
+        if !req.argv.is_empty() {
+            return Err(invalid(format!(
+                "argv is for kind \"command\"; a {kind_name} instance runs its CLI (use extra_args for more arguments)"
+            )));
+        }
+    } else {
+        for (field, set) in [
+            ("mode", req.mode.is_some()),
+            ("model", req.model.is_some()),
+            ("prompt", req.prompt.is_some()),
+            ("system_prompt", req.system_prompt.is_some()),
+            ("permission_mode", req.permission_mode.is_some()),
+            ("extra_args", !req.extra_args.is_empty()),
+            ("max_cost_usd", req.max_cost_usd.is_some()),
+            ("max_tokens", req.max_tokens.is_some()),
+        ] {
+            if set {
+                return Err(invalid(format!(
+                    "{field} applies to claude and codex instances, not to kind \"command\""
+                )));
+            }
+        }
+        if req.argv.is_empty() || req.argv[0].is_empty() {
+            return Err(invalid(
+                "argv must name a program to run (argv[0] is empty)".into(),
+            ));
+        }
     }
     if req.argv.iter().any(|a| a.contains('\0')) {
         return Err(invalid("argv contains a NUL byte".into()));
@@ -137,11 +165,37 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         )));
     }
     let stop_signal = parse_signal(&cfg.instance.stop_signal).unwrap_or(Signal::SIGTERM);
+    let (max_cost_usd, max_tokens) = match &agent {
+        None => (None, None),
+        Some(_) => {
+            let cost = req
+                .max_cost_usd
+                .or((cfg.limits.max_cost_usd_per_instance > 0.0)
+                    .then_some(cfg.limits.max_cost_usd_per_instance));
+            let tokens = req.max_tokens.or((cfg.limits.max_tokens_per_instance > 0)
+                .then_some(cfg.limits.max_tokens_per_instance));
+            if let Some(c) = cost {
+                if !(c.is_finite() && c > 0.0) {
+                    return Err(invalid(format!(
+                        "max_cost_usd = {c}: must be a positive number of dollars"
+                    )));
+                }
+            }
+            if tokens == Some(0) {
+                return Err(invalid("max_tokens = 0: must be positive".into()));
+            }
+            (cost, tokens)
+        }
+    };
+    let argv = match &agent {
+        Some(a) => vec![crate::agent::launch::binary(cfg, a.kind)],
+        None => req.argv,
+    };
     let plan = Plan {
         name: req.name,
         kind,
         backend,
-        argv: req.argv,
+        argv,
         env: req.env,
         workspace: req.workspace,
         idle_timeout_s,
@@ -152,9 +206,85 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         rows,
         turn_quiet_ms,
         stop_signal,
+        agent,
+        max_cost_usd,
+        max_tokens,
     };
     plan.check_program()?;
     Ok(plan)
+}
+
+fn agent_plan(
+    cfg: &Config,
+    kind: Kind,
+    req: &SpawnRequest,
+) -> Result<Option<AgentPlan>, SupervisorError> {
+    if !kind.is_agent() {
+        return Ok(None);
+    }
+    let mode = match req.mode.as_deref() {
+        None => Mode::Interactive,
+        Some(m) => Mode::parse(m).ok_or_else(|| {
+            invalid(format!(
+                "mode = {m:?}: must be \"interactive\" or \"headless\""
+            ))
+        })?,
+    };
+    if mode == Mode::Headless {
+        return Err(invalid(
+            "mode = \"headless\" is not available in this corral yet; use mode \"interactive\" (the default)".into(),
+        ));
+    }
+    if let Some(p) = &req.permission_mode {
+        if kind != Kind::Claude {
+            return Err(invalid(
+                "permission_mode applies to claude instances".into(),
+            ));
+        }
+        if !matches!(
+            p.as_str(),
+            "default" | "acceptEdits" | "plan" | "bypassPermissions"
+        ) {
+            return Err(invalid(format!(
+                "permission_mode = {p:?}: must be default, acceptEdits, plan or bypassPermissions"
+            )));
+        }
+    }
+    for (field, v) in [
+        ("model", &req.model),
+        ("prompt", &req.prompt),
+        ("system_prompt", &req.system_prompt),
+    ] {
+        if let Some(v) = v {
+            if v.contains('\0') || v.len() > MAX_MESSAGE_BYTES {
+                return Err(invalid(format!(
+                    "{field}: must be at most {MAX_MESSAGE_BYTES} bytes without NUL"
+                )));
+            }
+        }
+    }
+    if let Some(m) = &req.model {
+        if m.is_empty() || m.starts_with('-') || m.contains(char::is_whitespace) {
+            return Err(invalid(format!("model = {m:?}: not a model name")));
+        }
+    }
+    let _ = cfg;
+    let session_id = match (&req.resume_session, kind) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Kind::Claude) => Some(new_uuid()),
+        (None, _) => None,
+    };
+    Ok(Some(AgentPlan {
+        kind,
+        mode,
+        model: req.model.clone(),
+        prompt: req.prompt.clone(),
+        system_prompt: req.system_prompt.clone(),
+        permission_mode: req.permission_mode.clone(),
+        extra_args: req.extra_args.clone(),
+        resuming: req.resume_session.is_some(),
+        session_id,
+    }))
 }
 
 /// A workspace given by name must be one plain directory name under the root.
@@ -240,7 +370,14 @@ impl Plan {
 
     /// The complete environment: the allowlist from the daemon, corral's own variables, then
     /// the request's variables.
-    pub fn launch_spec(&self, name: &str, cwd: &Path, id: &str) -> LaunchSpec {
+    pub fn launch_spec(
+        &self,
+        name: &str,
+        cwd: &Path,
+        id: &str,
+        agent_env: &BTreeMap<String, String>,
+        argv: Vec<String>,
+    ) -> LaunchSpec {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for k in ENV_ALLOWLIST {
             if let Ok(v) = std::env::var(k) {
@@ -252,11 +389,14 @@ impl Plan {
         }
         env.insert("CORRAL_INSTANCE_ID".into(), id.into());
         env.insert("CORRAL_INSTANCE_NAME".into(), name.into());
+        for (k, v) in agent_env {
+            env.insert(k.clone(), v.clone());
+        }
         for (k, v) in &self.env {
             env.insert(k.clone(), v.clone());
         }
         LaunchSpec {
-            argv: self.argv.clone(),
+            argv,
             env: env.into_iter().collect(),
             cwd: cwd.to_path_buf(),
             cols: self.cols,
@@ -272,7 +412,7 @@ impl Plan {
         serde_json::json!({
             "kind": self.kind.as_str(),
             "backend": self.backend.as_str(),
-            "argv": self.argv,
+            "argv": if self.agent.is_some() { Vec::new() } else { self.argv.clone() },
             "env": self.env,
             "workspace": self.workspace,
             "idle_timeout_s": self.idle_timeout_s,
@@ -281,6 +421,13 @@ impl Plan {
             "cols": self.cols,
             "rows": self.rows,
             "turn_quiet_ms": self.turn_quiet_ms,
+            "mode": self.agent.as_ref().map(|a| a.mode.as_str()),
+            "model": self.agent.as_ref().and_then(|a| a.model.clone()),
+            "system_prompt": self.agent.as_ref().and_then(|a| a.system_prompt.clone()),
+            "permission_mode": self.agent.as_ref().and_then(|a| a.permission_mode.clone()),
+            "extra_args": self.agent.as_ref().map(|a| a.extra_args.clone()).unwrap_or_default(),
+            "max_cost_usd": self.max_cost_usd,
+            "max_tokens": self.max_tokens,
         })
         .to_string()
     }

@@ -14,7 +14,9 @@ use super::output::read_log_tail;
 use super::task::Timers;
 use super::{not_found, Supervisor, SupervisorError, TaskStart};
 use crate::backend::{self, parse_signal};
-use crate::model::{now_ms, BackendKind, Event, InstanceInfo, ReasonCode, SpawnRequest, StateName};
+use crate::model::{
+    now_ms, BackendKind, Event, InstanceInfo, Kind, ReasonCode, SpawnRequest, StateName,
+};
 
 impl Supervisor {
     /// Settles every instance the store records as live: adopt it if its tmux pane is still
@@ -112,7 +114,35 @@ impl Supervisor {
             quiet: Duration::from_millis(quiet_ms),
             quiet_deadline: None,
             kill_deadline: None,
+            enter_deadline: None,
             last_activity,
+        };
+        // An agent's watcher resumes its files; hook lines from before are not replayed.
+        let agent = match info.kind {
+            Kind::Claude | Kind::Codex => {
+                let dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, &info.id);
+                let kind = info.kind;
+                let spec = crate::agent::launch::WatchSpec {
+                    kind,
+                    mode: crate::agent::launch::Mode::Interactive,
+                    config_dir: dir.join(if kind == Kind::Codex {
+                        "codex"
+                    } else {
+                        "claude"
+                    }),
+                    hooks_file: dir.join("hooks.jsonl"),
+                    agent_dir: dir,
+                    model: info.model.clone().unwrap_or_else(|| {
+                        if kind == Kind::Codex {
+                            "gpt-5.5".into()
+                        } else {
+                            "claude-opus-4-8".into()
+                        }
+                    }),
+                };
+                Some(self.link_agent(spec, true, None)?)
+            }
+            Kind::Command => None,
         };
         let state = match info.state {
             StateName::Paused => State::Paused,
@@ -138,6 +168,7 @@ impl Supervisor {
                 json!({ "pid": pid, "previous_state": info.state }),
             ),
             ring_seed,
+            agent,
         });
         tracing::info!(id = %info.id, name = %info.name, pid, "adopted");
         // A stop that was under way when the old daemon died is carried on.
@@ -219,6 +250,9 @@ impl Supervisor {
             .and_then(|p| p.to_str())
             .map(str::to_string);
         req.wait_ready = false;
+        if old.kind.is_agent() {
+            req.resume_session = old.session_id.clone();
+        }
         let info = self.spawn(req).await?;
         let ev = self.event(&info, "resumed", json!({ "from": old.id }));
         self.inner.note(ev).await?;

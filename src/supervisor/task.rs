@@ -51,6 +51,17 @@ pub(crate) enum Ctl {
     Detach {
         reply: oneshot::Sender<Result<(), SupervisorError>>,
     },
+    /// Change caps (agents); a paused instance under its new caps resumes.
+    SetBudget {
+        max_cost_usd: Option<f64>,
+        max_tokens: Option<u64>,
+        reply: oneshot::Sender<Result<InstanceInfo, SupervisorError>>,
+    },
+    /// A cap outside the instance (the fleet's) was reached.
+    CapReached {
+        cap: &'static str,
+        reason: ReasonCode,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +89,9 @@ pub struct TurnRecord {
     pub start_offset: u64,
     pub end_offset: Option<u64>,
     pub status: TurnStatus,
+    /// The agent's own reply text (agents); commands reply with their output.
+    pub reply: Option<String>,
+    pub error: Option<String>,
 }
 
 /// Turns remembered in memory for `wait` (older ones are in the store).
@@ -86,6 +100,8 @@ const TURNS_KEPT: usize = 256;
 /// What the handle and the task share.
 pub(crate) struct Shared {
     pub info: watch::Sender<InstanceInfo>,
+    /// Bumped whenever a turn record finishes (after the state it led to is published).
+    pub turn_epoch: watch::Sender<u64>,
     pub ring: Mutex<Ring>,
     pub chunks: broadcast::Sender<Chunk>,
     pub turns: Mutex<VecDeque<TurnRecord>>,
@@ -95,6 +111,7 @@ impl Shared {
     pub fn new(info: InstanceInfo, ring_bytes: usize) -> Shared {
         Shared {
             info: watch::Sender::new(info),
+            turn_epoch: watch::Sender::new(0),
             ring: Mutex::new(Ring::new(ring_bytes)),
             chunks: broadcast::channel(1024).0,
             turns: Mutex::new(VecDeque::new()),
@@ -121,6 +138,8 @@ pub(crate) struct Timers {
     pub quiet: Duration,
     pub quiet_deadline: Option<Instant>,
     pub kill_deadline: Option<Instant>,
+    /// Agents: when to press Enter after a paste.
+    pub enter_deadline: Option<Instant>,
     pub last_activity: Instant,
 }
 
@@ -134,6 +153,7 @@ impl Timers {
             self.settle_deadline,
             self.quiet_deadline,
             self.kill_deadline,
+            self.enter_deadline,
         ]
         .into_iter()
         .flatten()
@@ -156,6 +176,8 @@ pub(crate) struct Task {
     pub start_timeout: Duration,
     /// The event that opens the task's life: `started` or `adopted`.
     pub first_event: (&'static str, serde_json::Value),
+    /// Agents: the link to the agent's own events.
+    pub agent: Option<super::agent_task::AgentLink>,
 }
 
 impl Task {
@@ -170,6 +192,7 @@ impl Task {
         self.commit(kind, data).await;
         let mut buf = vec![0u8; 16 * 1024];
         let mut output_open = true;
+        let mut agent_rx = self.agent.as_mut().and_then(|a| a.rx.take());
         let status = loop {
             let deadline = self.timers.next();
             tokio::select! {
@@ -195,6 +218,7 @@ impl Task {
                         self.on_ctl(ctl).await;
                     }
                 }
+                Some(ev) = recv_agent(&mut agent_rx) => self.on_agent(ev).await,
                 _ = sleep_until(deadline) => self.on_deadline().await,
             }
         };
@@ -217,7 +241,7 @@ impl Task {
     }
 
     /// Commits the current info with an event, then publishes the snapshot.
-    async fn commit(&mut self, kind: &str, data: serde_json::Value) {
+    pub(crate) async fn commit(&mut self, kind: &str, data: serde_json::Value) {
         self.sync_info();
         let event = Event {
             seq: 0,
@@ -236,7 +260,7 @@ impl Task {
         self.shared.info.send_replace(self.info.clone());
     }
 
-    async fn transition(
+    pub(crate) async fn transition(
         &mut self,
         input: Input,
         kind: &str,
@@ -276,7 +300,7 @@ impl Task {
 
     async fn on_output(&mut self, data: &[u8]) {
         self.record_output(data);
-        if matches!(self.state, State::Busy) {
+        if matches!(self.state, State::Busy) && self.agent.is_none() {
             self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
         }
         if matches!(self.state, State::Starting) {
@@ -293,7 +317,7 @@ impl Task {
         }
     }
 
-    async fn become_ready(&mut self, how: &str) {
+    pub(crate) async fn become_ready(&mut self, how: &str) {
         self.timers.start_deadline = None;
         self.timers.settle_deadline = None;
         if let Ok(true) = self
@@ -304,7 +328,9 @@ impl Task {
             // A message sent while starting begins its turn now.
             if self.current_turn.is_some() {
                 let _ = self.transition(Input::MessageSent, "busy", json!({})).await;
-                self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
+                if self.agent.is_none() {
+                    self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
+                }
             }
         }
     }
@@ -343,6 +369,15 @@ impl Task {
             Ctl::Detach { reply } => {
                 let _ = self.detach(reply).await;
             }
+            Ctl::SetBudget {
+                max_cost_usd,
+                max_tokens,
+                reply,
+            } => {
+                let r = self.set_budget(max_cost_usd, max_tokens).await;
+                let _ = reply.send(r);
+            }
+            Ctl::CapReached { cap, reason } => self.cap_reached(cap, reason).await,
             Ctl::Interrupt { reply } => {
                 let r = if self.state.is_ended() || matches!(self.state, State::Stopping { .. }) {
                     Err(self.rejected(Rejected::Stopping))
@@ -363,7 +398,7 @@ impl Task {
         }
     }
 
-    fn event(&self, kind: &str, data: serde_json::Value) -> Event {
+    pub(crate) fn event(&self, kind: &str, data: serde_json::Value) -> Event {
         Event {
             seq: 0,
             ts: now_ms(),
@@ -402,6 +437,10 @@ impl Task {
             Ctl::Interrupt { reply } | Ctl::Detach { reply } => {
                 let _ = reply.send(Err(err()));
             }
+            Ctl::SetBudget { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Ctl::CapReached { .. } => {}
         }
     }
 
@@ -422,12 +461,16 @@ impl Task {
         true
     }
 
-    async fn send(&mut self, text: String, enter: bool) -> Result<u64, SupervisorError> {
+    pub(crate) async fn send(&mut self, text: String, enter: bool) -> Result<u64, SupervisorError> {
         // Check first so nothing is typed into a paused or stopping instance.
         next(&self.state, &Input::MessageSent).map_err(|e| self.rejected(e))?;
-        self.control.send_text(&text, enter).await.map_err(|e| {
-            SupervisorError::Backend(format!("writing to the terminal failed: {e}"))
-        })?;
+        if self.agent.is_some() {
+            self.paste_message(&text, enter).await?;
+        } else {
+            self.control.send_text(&text, enter).await.map_err(|e| {
+                SupervisorError::Backend(format!("writing to the terminal failed: {e}"))
+            })?;
+        }
         let seq = self.info.turns + 1;
         self.info.turns = seq;
         self.info.last_activity_at = now_ms();
@@ -444,6 +487,8 @@ impl Task {
                 start_offset,
                 end_offset: None,
                 status: TurnStatus::Running,
+                reply: None,
+                error: None,
             });
             while turns.len() > TURNS_KEPT {
                 turns.pop_front();
@@ -458,12 +503,10 @@ impl Task {
         {
             warn!(error = %e, "store write failed (turn)");
         }
-        let was = self.state.clone();
         self.state = next(&self.state, &Input::MessageSent).map_err(|e| self.rejected(e))?;
-        if !matches!(self.state, State::Starting) {
+        if !matches!(self.state, State::Starting) && self.agent.is_none() {
             self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
         }
-        let _ = was;
         self.commit(
             "message",
             json!({ "turn": seq, "bytes": text.len(), "enter": enter }),
@@ -472,12 +515,13 @@ impl Task {
         Ok(seq)
     }
 
-    async fn finish_turn(&mut self, seq: u64, status: TurnStatus) {
+    pub(crate) async fn finish_turn(&mut self, seq: u64, status: TurnStatus) {
         let end = lock(&self.shared.ring).total();
         if let Some(t) = lock(&self.shared.turns).iter_mut().find(|t| t.seq == seq) {
             t.end_offset = Some(end);
             t.status = status;
         }
+        self.shared.turn_epoch.send_modify(|e| *e += 1);
         if let Err(e) = self
             .inner
             .store
@@ -488,7 +532,11 @@ impl Task {
         }
     }
 
-    async fn begin_stop(&mut self, reason: ReasonCode, grace: Duration) -> Result<(), Rejected> {
+    pub(crate) async fn begin_stop(
+        &mut self,
+        reason: ReasonCode,
+        grace: Duration,
+    ) -> Result<(), Rejected> {
         let input = if reason == ReasonCode::SpawnFailed {
             Input::StartTimedOut
         } else {
@@ -543,6 +591,12 @@ impl Task {
                     .await;
             }
         }
+        if due(self.timers.enter_deadline) {
+            self.timers.enter_deadline = None;
+            if let Err(e) = self.control.send_text("", true).await {
+                warn!(error = %e, "pressing Enter failed");
+            }
+        }
         if due(self.timers.settle_deadline) {
             self.become_ready("settled").await;
         }
@@ -553,10 +607,10 @@ impl Task {
         if due(self.timers.quiet_deadline) {
             self.timers.quiet_deadline = None;
             if let Some(seq) = self.current_turn.take() {
-                self.finish_turn(seq, TurnStatus::Completed).await;
                 let _ = self
                     .transition(Input::TurnDone, "turn_completed", json!({ "turn": seq }))
                     .await;
+                self.finish_turn(seq, TurnStatus::Completed).await;
             }
         }
         if due(self.timers.wall_deadline) {
@@ -573,7 +627,7 @@ impl Task {
         }
     }
 
-    fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs_f64(self.inner.cfg.instance.stop_grace_s)
     }
 
@@ -665,6 +719,15 @@ impl Task {
             }),
         )
         .await;
+    }
+}
+
+async fn recv_agent(
+    rx: &mut Option<mpsc::Receiver<crate::agent::watch::AgentEvent>>,
+) -> Option<crate::agent::watch::AgentEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
