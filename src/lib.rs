@@ -11,6 +11,8 @@
 //! - [`supervisor`]: the `Supervisor` handle, one task per instance, the lifecycle state
 //!   machine ([`supervisor::instance`]), output ring and logs ([`supervisor::output`]).
 //! - [`backend`]: start a process in tmux or a PTY; input, resize, output stream, exit (pidfd).
+//! - [`isolation`]: agent user/UID, rlimits, cgroups, Landlock, private directories; the
+//!   `__exec` shim that applies them in the instance before its program runs.
 //! - [`store`]: SQLite (WAL) on its own thread; migrations; the audit log ([`audit`]).
 //! - [`config`]: TOML + env into a validated `Config`.
 //! - [`model`]: plain data shared by all of the above (the API's wire types).
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod isolation;
 pub mod mcp;
 pub mod metrics;
 pub mod model;

@@ -65,6 +65,13 @@ pub enum Command {
         /// Run in this existing directory under the workspace root.
         #[arg(long)]
         workspace: Option<String>,
+        /// Lower a resource limit for this instance (repeatable), e.g. memory_max=512M,
+        /// pids_max=64, cpu_max=0.5, nofile=1024, fsize=100M, cpu_s=600.
+        #[arg(long, value_name = "KEY=VALUE")]
+        limit: Vec<String>,
+        /// Confine its writes to its workspace, HOME and tmp with Landlock.
+        #[arg(long)]
+        landlock: bool,
         /// Return as soon as the process runs instead of waiting until it is ready.
         #[arg(long)]
         no_wait: bool,

@@ -146,6 +146,8 @@ impl CorralMcp {
                 rows: None,
                 turn_quiet_ms: a.turn_quiet_ms,
                 wait_ready: a.wait_ready.unwrap_or(false),
+                limits: a.limits,
+                landlock: a.landlock,
             };
             Ok(json!(self
                 .sup

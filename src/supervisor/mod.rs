@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::backend::{self, tmux::Tmux};
 use crate::config::{Config, Paths};
+use crate::isolation::{Isolation, IsolationError};
 use crate::model::{now_ms, BackendKind, Event, InstanceInfo, ReasonCode, SpawnRequest, StateName};
 use crate::store::{Store, StoreError};
 use instance::State;
@@ -75,6 +76,7 @@ pub(crate) struct Inner {
     pub paths: Paths,
     pub store: Store,
     pub tmux: Tmux,
+    pub isolation: Isolation,
     pub events: broadcast::Sender<Event>,
     live: Mutex<HashMap<String, Slot>>,
     live_count: watch::Sender<usize>,
@@ -161,8 +163,14 @@ impl Supervisor {
         use anyhow::Context;
         let paths = cfg.paths();
         let tmux = Tmux::new(&cfg.tmux.binary, &paths.run_dir);
+        // Before tmux starts: setting up cgroups may move the daemon into a leaf cgroup, and
+        // the tmux server must not stay behind in the daemon's former cgroup.
+        let isolation = Isolation::start(&cfg, &paths)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("setting up isolation")?;
         let inner = Arc::new(Inner {
             tmux,
+            isolation,
             paths,
             store,
             events: broadcast::channel(4096).0,
@@ -189,6 +197,11 @@ impl Supervisor {
         &self.inner.paths
     }
 
+    /// What isolation instances get on this host (for /health).
+    pub fn isolation_status(&self) -> serde_json::Value {
+        self.inner.isolation.status()
+    }
+
     /// Events as they are committed (for observers such as MCP notifications and metrics).
     pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
@@ -209,6 +222,7 @@ impl Supervisor {
                     let _ = self.inner.tmux.kill_session(session).await;
                 }
             }
+            self.inner.isolation.reap_stale(&info.id).await;
             info.state = StateName::Lost;
             info.reason = Some(ReasonCode::Lost);
             info.reason_detail = Some(if session_alive {
@@ -239,7 +253,7 @@ impl Supervisor {
             return Err(SupervisorError::ShuttingDown);
         }
         let wait_ready = req.wait_ready;
-        let plan = plan::plan(&self.inner.cfg, &self.inner.paths, req)?;
+        let plan = plan::plan(&self.inner.cfg, self.inner.isolation.limits(), req)?;
         let id = self.new_id().await?;
         let name = plan
             .name
@@ -305,7 +319,23 @@ impl Supervisor {
         plan: plan::Plan,
     ) -> Result<InstanceInfo, SupervisorError> {
         let cfg = &self.inner.cfg;
-        let workspace = plan.workspace_path(&self.inner.paths, id)?;
+        let (workspace, workspace_name) = plan.workspace_path(&self.inner.paths, id)?;
+        let prepared = self
+            .inner
+            .isolation
+            .prepare(crate::isolation::InstanceSpec {
+                id,
+                workspace: &workspace,
+                workspace_name: &workspace_name,
+                limits: &plan.limits,
+                landlock: plan.landlock,
+                env: plan.instance_env(name, id),
+                argv: &plan.argv,
+            })
+            .map_err(|e| match e {
+                IsolationError::Refused(m) => SupervisorError::SpawnFailed(m),
+                other => SupervisorError::Backend(other.to_string()),
+            })?;
         let now = now_ms();
         let mut info = InstanceInfo {
             id: id.to_string(),
@@ -345,14 +375,27 @@ impl Supervisor {
                 "workspace": info.workspace,
             }),
         );
-        let ev = self
+        let ev = match self
             .inner
             .store
             .insert_instance(info.clone(), spec_json, ev)
-            .await?;
+            .await
+        {
+            Ok(ev) => ev,
+            Err(e) => {
+                prepared.guard.release();
+                return Err(e.into());
+            }
+        };
         self.inner.announce(ev);
 
-        let spec = plan.launch_spec(name, &workspace, id);
+        let spec = backend::LaunchSpec {
+            argv: prepared.argv,
+            cwd: workspace.clone(),
+            cols: plan.cols,
+            rows: plan.rows,
+            session: name.to_string(),
+        };
         let launched = backend::launch(
             plan.backend,
             &spec,
@@ -374,6 +417,7 @@ impl Supervisor {
                     "exit",
                     json!({ "state": "failed", "reason": "spawn_failed", "detail": msg }),
                 );
+                prepared.guard.release();
                 let ev = self.inner.store.record(info, ev).await?;
                 self.inner.announce(ev);
                 return Err(SupervisorError::SpawnFailed(msg));
@@ -423,6 +467,9 @@ impl Supervisor {
             stop_signal: plan.stop_signal,
             current_turn: None,
             start_timeout,
+            iso: Some(prepared.guard),
+            iso_summary: prepared.summary,
+            memory_max: plan.limits.memory_max,
         };
         {
             let mut live = lock(&self.inner.live);
@@ -959,7 +1006,8 @@ fn ended(r: &str) -> SupervisorError {
 }
 
 fn ready_or_error(info: InstanceInfo) -> Result<InstanceInfo, SupervisorError> {
-    if info.state == StateName::Failed {
+    let oom = info.state == StateName::Killed && info.reason == Some(ReasonCode::Oom);
+    if info.state == StateName::Failed || oom {
         return Err(SupervisorError::SpawnFailed(
             info.reason_detail
                 .unwrap_or_else(|| "it ended during start".into()),

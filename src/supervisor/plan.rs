@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 
 use super::SupervisorError;
-use crate::backend::{parse_signal, LaunchSpec};
+use crate::backend::parse_signal;
 use crate::config::{Config, Paths};
-use crate::model::{BackendKind, Kind, SpawnRequest};
+use crate::isolation::limits::Limits;
+use crate::model::{BackendKind, Kind, LimitsRequest, SpawnRequest};
 
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
@@ -17,9 +18,9 @@ const MAX_ARGV_BYTES: usize = 128 * 1024;
 const MAX_ENV_VARS: usize = 256;
 
 /// Variables passed through from the daemon's environment; everything else is dropped.
-pub const ENV_ALLOWLIST: &[&str] = &[
-    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME", "SHELL",
-];
+/// HOME, USER, LOGNAME, SHELL and TMPDIR describe the agent, not the daemon: the isolation
+/// plan sets them.
+pub const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 pub struct Plan {
     pub name: Option<String>,
@@ -36,6 +37,12 @@ pub struct Plan {
     pub rows: u16,
     pub turn_quiet_ms: u64,
     pub stop_signal: Signal,
+    /// Effective limits (the configured ones, lowered by the request).
+    pub limits: Limits,
+    pub landlock: bool,
+    /// As requested, for `resume`.
+    limits_req: Option<LimitsRequest>,
+    landlock_req: Option<bool>,
 }
 
 fn invalid(msg: String) -> SupervisorError {
@@ -52,7 +59,11 @@ pub fn check_size(cols: u16, rows: u16) -> Result<(), SupervisorError> {
     Ok(())
 }
 
-pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, SupervisorError> {
+pub fn plan(
+    cfg: &Config,
+    base_limits: &Limits,
+    req: SpawnRequest,
+) -> Result<Plan, SupervisorError> {
     if let Some(name) = &req.name {
         crate::ids::validate_name(name).map_err(|e| invalid(format!("invalid name: {e}")))?;
     }
@@ -137,6 +148,19 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         )));
     }
     let stop_signal = parse_signal(&cfg.instance.stop_signal).unwrap_or(Signal::SIGTERM);
+    let limits = match &req.limits {
+        Some(l) => base_limits.lowered(l).map_err(invalid)?,
+        None => base_limits.clone(),
+    };
+    let landlock = match req.landlock {
+        Some(false) if cfg.isolation.landlock => {
+            return Err(invalid(
+                "landlock = false: the server confines every instance (isolation.landlock = true); a spawn cannot turn it off".into(),
+            ))
+        }
+        Some(on) => on,
+        None => cfg.isolation.landlock,
+    };
     let plan = Plan {
         name: req.name,
         kind,
@@ -152,6 +176,10 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         rows,
         turn_quiet_ms,
         stop_signal,
+        limits,
+        landlock,
+        limits_req: req.limits,
+        landlock_req: req.landlock,
     };
     plan.check_program()?;
     Ok(plan)
@@ -200,14 +228,16 @@ impl Plan {
         }
     }
 
-    /// The instance's workspace: a named existing directory under the root, or a fresh
-    /// `<root>/<id>` (0700).
-    pub fn workspace_path(&self, paths: &Paths, id: &str) -> Result<PathBuf, SupervisorError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    /// The instance's workspace and its name: a named existing directory under the root, or
+    /// `<root>/<id>` (created, with its owner, by the isolation step).
+    pub fn workspace_path(
+        &self,
+        paths: &Paths,
+        id: &str,
+    ) -> Result<(PathBuf, String), SupervisorError> {
         let root = &paths.workspace_root;
-        std::fs::create_dir_all(root).map_err(|e| {
-            SupervisorError::Backend(format!("creating workspace root {}: {e}", root.display()))
-        })?;
+        crate::isolation::workspace::ensure_parent(root)
+            .map_err(|e| SupervisorError::Backend(format!("workspace root: {e}")))?;
         match &self.workspace {
             Some(name) => {
                 let p = root.join(name);
@@ -222,47 +252,33 @@ impl Plan {
                         "workspace {name:?} is not a directory (symlinks are refused)"
                     )));
                 }
-                Ok(p)
+                Ok((p, name.clone()))
             }
-            None => {
-                let p = root.join(id);
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&p)
-                    .map_err(|e| {
-                        SupervisorError::Backend(format!("creating workspace {}: {e}", p.display()))
-                    })?;
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
-                Ok(p)
-            }
+            None => Ok((root.join(id), id.to_string())),
         }
     }
 
-    /// The complete environment: the allowlist from the daemon, corral's own variables, then
-    /// the request's variables.
-    pub fn launch_spec(&self, name: &str, cwd: &Path, id: &str) -> LaunchSpec {
+    /// The instance's environment, without the identity variables the isolation plan adds:
+    /// the allowlist from the daemon, corral's own variables, then the request's variables.
+    pub fn instance_env(&self, name: &str, id: &str) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for k in ENV_ALLOWLIST {
             if let Ok(v) = std::env::var(k) {
                 env.insert(k.to_string(), v);
             }
         }
-        if self.backend == BackendKind::Pty {
-            env.insert("TERM".into(), "xterm-256color".into());
-        }
+        // tmux's panes emulate its default-terminal (see backend/tmux.rs).
+        let term = match self.backend {
+            BackendKind::Pty => "xterm-256color",
+            BackendKind::Tmux => "screen-256color",
+        };
+        env.insert("TERM".into(), term.into());
         env.insert("CORRAL_INSTANCE_ID".into(), id.into());
         env.insert("CORRAL_INSTANCE_NAME".into(), name.into());
         for (k, v) in &self.env {
             env.insert(k.clone(), v.clone());
         }
-        LaunchSpec {
-            argv: self.argv.clone(),
-            env: env.into_iter().collect(),
-            cwd: cwd.to_path_buf(),
-            cols: self.cols,
-            rows: self.rows,
-            session: name.to_string(),
-        }
+        env
     }
 
     /// What the store keeps of the request, as a `SpawnRequest` (so `resume` can replay it).
@@ -281,6 +297,8 @@ impl Plan {
             "cols": self.cols,
             "rows": self.rows,
             "turn_quiet_ms": self.turn_quiet_ms,
+            "limits": self.limits_req,
+            "landlock": self.landlock_req,
         })
         .to_string()
     }

@@ -22,6 +22,40 @@ pub struct TestDaemon {
     pub token: Option<String>,
 }
 
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The agent user for tests: `corral` as root (the default; `scripts/dev setup` creates it),
+/// else the user running the tests (a non-root daemon cannot switch users).
+pub fn agent_section() -> String {
+    if is_root() {
+        assert!(
+            nix::unistd::User::from_name("corral").ok().flatten().is_some(),
+            "the tests run agents as the user `corral`, which does not exist: run `scripts/dev setup` (it creates it)"
+        );
+        return String::new();
+    }
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .expect("the current user has a passwd entry");
+    format!("[agent]\nuser = \"{}\"\n", me.name)
+}
+
+/// Prints a SKIP line (visible with `--nocapture` and in CI logs) and returns true when
+/// `missing` names something the test needs.
+pub fn skip(test: &str, missing: Option<String>) -> bool {
+    match missing {
+        Some(why) => {
+            eprintln!("SKIP {test}: {why}");
+            println!("SKIP {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// Polls `f` with backoff until it returns `Some`, or panics after `deadline`.
 pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -49,6 +83,12 @@ impl TestDaemon {
             .prefix("corral-t")
             .tempdir()
             .expect("tempdir");
+        // Agents run as another user and must pass through to their workspace and HOME.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod test dir");
+        }
         let config = dir.path().join("corral.toml");
         let state = dir.path().join("state");
         let token = extra
@@ -62,6 +102,9 @@ impl TestDaemon {
         // the test's own [server] section, or port 0
         if !extra.contains("[server]") {
             text.push_str("[server]\nport = 0\n");
+        }
+        if !extra.contains("[agent]") {
+            text.push_str(&agent_section());
         }
         text.push_str(extra);
         std::fs::write(&config, text).expect("write config");
