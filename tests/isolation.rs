@@ -400,3 +400,39 @@ fn secrets_stay_in_their_instance() {
         .collect();
     assert!(plans.is_empty(), "{plans:?}");
 }
+
+#[test]
+fn doctor_explains_the_host_and_fails_on_broken_requirements() {
+    let d = TestDaemon::start();
+    let out = d.ok(&["doctor"]);
+    for what in [
+        "tmux:",
+        "agent user:",
+        "cgroups:",
+        "landlock:",
+        "state dir:",
+        "run dir:",
+    ] {
+        assert!(out.contains(what), "{what} missing from:\n{out}");
+    }
+    assert!(out.contains("corral doctor: ready"), "{out}");
+    let bad = d.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[paths]\nstate_dir = \"{}\"\n[agent]\nuser = \"no-such-user-corral\"\n",
+            d.state_dir().display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::BIN)
+        .args(["--config", bad.to_str().unwrap(), "doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  agent user") && text.contains("no such user"),
+        "{text}"
+    );
+}

@@ -275,7 +275,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 describe_end(&info)
             );
         }
-        Command::Serve | Command::CheckConfig | Command::Version => {
+        Command::Serve | Command::CheckConfig | Command::Doctor | Command::Version => {
             unreachable!("handled in cli::main")
         }
     }

@@ -2,6 +2,7 @@
 //! the local daemon's `/api/v1` (see [`client`]).
 
 mod client;
+mod doctor;
 pub(crate) mod table;
 
 use std::path::PathBuf;
@@ -124,6 +125,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Check this host for what corral needs (tmux, agent user, cgroups, Landlock, state
+    /// directories) and say how to fix what is missing; exits non-zero when something
+    /// required is broken.
+    Doctor,
     /// Print the version.
     Version,
 }
@@ -140,6 +145,7 @@ pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve => serve(cfg),
         Command::CheckConfig => check_config(&cfg),
+        Command::Doctor => return doctor::run(&cfg),
         Command::Version => {
             println!("corral {}", env!("CARGO_PKG_VERSION"));
             Ok(())
