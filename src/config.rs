@@ -900,6 +900,28 @@ mod tests {
     }
 
     #[test]
+    fn isolation_keys_are_validated_by_name() {
+        let c = load(
+            Some("[agent]\nuid_range = \"200000-200999\"\n[limits]\nmemory_max = \"512M\"\nas = \"2G\"\n"),
+            &[("CORRAL_LIMITS_PIDS_MAX", "64"), ("CORRAL_ISOLATION_LANDLOCK", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.limits.pids_max, 64);
+        assert_eq!(c.limits.as_, "2G");
+        assert!(c.isolation.landlock);
+        for (file, key) in [
+            ("[agent]\nuid_range = \"5-1\"\n", "agent.uid_range"),
+            ("[agent]\nuser = \"a b\"\n", "agent.user"),
+            ("[limits]\nmemory_max = \"lots\"\n", "limits.memory_max"),
+            ("[limits]\ncpu_max = \"fast\"\n", "limits.cpu_max"),
+            ("[isolation]\ncgroups = \"maybe\"\n", "isolation.cgroups"),
+        ] {
+            let e = load(Some(file), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{file}: {e}");
+        }
+    }
+
+    #[test]
     fn every_default_leaf_has_an_env_name() {
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut leaves = Vec::new();

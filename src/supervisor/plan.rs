@@ -308,3 +308,60 @@ fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Size;
+
+    fn req(json: serde_json::Value) -> SpawnRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn limits_are_lowered_and_landlock_cannot_be_turned_off() {
+        let mut cfg = Config::default();
+        let base = Limits::from_config(&cfg.limits).unwrap();
+        let p = plan(
+            &cfg,
+            &base,
+            req(
+                serde_json::json!({"argv": ["sh"], "limits": {"memory_max": "64M", "pids_max": 8}}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.limits.memory_max, Some(64 << 20));
+        assert_eq!(p.limits.pids_max, Some(8));
+        assert!(!p.landlock);
+        let spec: SpawnRequest = serde_json::from_str(&p.spec_json()).unwrap();
+        assert_eq!(
+            spec.limits.unwrap().memory_max,
+            Some(Size::Text("64M".into())),
+            "resume replays the request"
+        );
+        let e = plan(
+            &cfg,
+            &base,
+            req(serde_json::json!({"argv": ["sh"], "limits": {"memory_max": "64G"}})),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("memory_max") && e.contains("only lower"), "{e}");
+        cfg.isolation.landlock = true;
+        let e = plan(
+            &cfg,
+            &base,
+            req(serde_json::json!({"argv": ["sh"], "landlock": false})),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cannot turn it off"), "{e}");
+        assert!(
+            plan(&cfg, &base, req(serde_json::json!({"argv": ["sh"]})))
+                .unwrap()
+                .landlock
+        );
+    }
+}

@@ -83,6 +83,16 @@ fn mkdir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `base` if needed and proves we can create children in it (it may exist already,
+/// made by another user).
+fn usable_base(base: &Path) -> io::Result<()> {
+    mkdir(base)?;
+    let probe = base.join(format!("probe-{}", std::process::id()));
+    std::fs::create_dir(&probe)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", probe.display())))?;
+    std::fs::remove_dir(&probe)
+}
+
 /// Enables `want` for the children of `own` and of `base` (= `own/corral`), moving the daemon
 /// into `base/daemon` when `own` holds processes. Returns the controllers that are enabled.
 fn enable_v2(
@@ -132,7 +142,7 @@ impl Manager {
         let mut v2_ctls: Vec<String> = Vec::new();
         if let Some(h) = hiers.iter().find(|h| h.v2) {
             let base = h.dir.join(SUBTREE);
-            match mkdir(&base) {
+            match usable_base(&base) {
                 Err(e) => m.notes.push(format!("v2: {e}")),
                 Ok(()) => {
                     let available = std::fs::read_to_string(h.dir.join("cgroup.controllers"))
@@ -169,7 +179,7 @@ impl Manager {
                 continue;
             };
             let base = h.dir.join(SUBTREE);
-            match mkdir(&base) {
+            match usable_base(&base) {
                 Ok(()) => {
                     m.v1.insert(c.to_string(), base);
                 }
