@@ -143,7 +143,7 @@ fn lower(
 impl Limits {
     /// The configured defaults; the error names the key and the value.
     pub fn from_config(c: &LimitsConfig) -> Result<Limits, String> {
-        Ok(Limits {
+        Limits {
             memory_max: size_key("limits.memory_max", &c.memory_max, true)?,
             memory_swap_max: size_key("limits.memory_swap_max", &c.memory_swap_max, false)?,
             pids_max: count(c.pids_max),
@@ -154,7 +154,18 @@ impl Limits {
             data: size_key("limits.data", &c.data, true)?,
             fsize: size_key("limits.fsize", &c.fsize, true)?,
             cpu_s: count(c.cpu_s),
-        })
+        }
+        .checked()
+    }
+
+    /// Bounds no configuration or request may cross.
+    fn checked(self) -> Result<Limits, String> {
+        if let Some(nofile) = self.nofile {
+            if nofile < 16 {
+                return Err(format!("limits.nofile = {nofile}: must be at least 16"));
+            }
+        }
+        Ok(self)
     }
 
     /// These limits lowered by a spawn request. A request value of 0 or "max" asks for no
@@ -214,12 +225,7 @@ impl Limits {
         if let Some(v) = r.cpu_s {
             out.cpu_s = lower("cpu_s", self.cpu_s, count(v))?;
         }
-        if let Some(nofile) = out.nofile {
-            if nofile < 16 {
-                return Err(format!("limits.nofile = {nofile}: must be at least 16"));
-            }
-        }
-        Ok(out)
+        out.checked()
     }
 }
 

@@ -103,6 +103,9 @@ impl TestDaemon {
         if !extra.contains("[server]") {
             text.push_str("[server]\nport = 0\n");
         }
+        if !extra.contains("[shutdown]") {
+            text.push_str("[shutdown]\ngrace_s = 2.0\n");
+        }
         if !extra.contains("[agent]") {
             text.push_str(&agent_section());
         }
@@ -335,7 +338,17 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             self.dump();
         }
+        // A clean shutdown stops the instances and removes their cgroups (a SIGKILLed daemon
+        // would leave them behind, and the temp state that could reap them is deleted).
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
