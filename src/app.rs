@@ -31,9 +31,16 @@ pub fn prepare_dirs(paths: &Paths) -> anyhow::Result<()> {
     ] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // The run dir holds the tmux socket and output pipes: owner only.
-    std::fs::set_permissions(&paths.run_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {}", paths.run_dir.display()))?;
+    // The run dir holds the tmux socket, output pipes and isolation plans, the data and log
+    // dirs the database and everything instances printed: owner only. (An agent that could
+    // reach the socket of corral's tmux server could run commands as the daemon.)
+    for dir in [&paths.run_dir, &paths.data_dir, &paths.log_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    // Agents reach their own workspace by name but cannot list the others.
+    crate::isolation::workspace::ensure_parent(&paths.workspace_root)
+        .with_context(|| format!("preparing {}", paths.workspace_root.display()))?;
     Ok(())
 }
 

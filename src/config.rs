@@ -38,6 +38,8 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub tmux: TmuxConfig,
+    pub agent: AgentConfig,
+    pub isolation: IsolationConfig,
     pub agents: AgentsConfig,
     /// Price overrides and additions, per model: USD per million tokens.
     pub prices: std::collections::BTreeMap<String, crate::agent::prices::Price>,
@@ -46,8 +48,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentsConfig {
-    pub claude: AgentConfig,
-    pub codex: AgentConfig,
+    pub claude: AgentKindConfig,
+    pub codex: AgentKindConfig,
     /// Milliseconds between pasting a message into an interactive agent and pressing Enter:
     /// Claude Code drops an Enter that arrives while it is still taking in the paste.
     pub enter_delay_ms: u64,
@@ -58,7 +60,7 @@ pub struct AgentsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct AgentConfig {
+pub struct AgentKindConfig {
     /// The CLI (a name on PATH or a path). Default `claude` / `codex`.
     pub binary: String,
     /// The credential given to this kind only (ANTHROPIC_API_KEY / OPENAI_API_KEY). Empty:
@@ -124,6 +126,27 @@ pub struct LimitsConfig {
     /// What reaching a cap does: `pause` (interrupt the turn, refuse messages until the
     /// budget is raised) or `terminate`.
     pub on_cap: String,
+    /// Per-instance cgroup memory (`memory.max` / `memory.limit_in_bytes`); "max" or "0": none.
+    pub memory_max: String,
+    /// Per-instance cgroup swap (`memory.swap.max`; v1: memsw = memory + swap); "max": none.
+    pub memory_swap_max: String,
+    /// Per-instance cgroup `pids.max`; 0: none.
+    pub pids_max: u64,
+    /// Per-instance cgroup CPU: CPUs ("1.5") or "QUOTA PERIOD" in µs; "" or "max": none.
+    pub cpu_max: String,
+    /// RLIMIT_NOFILE (soft = hard); 0: inherit.
+    pub nofile: u64,
+    /// RLIMIT_NPROC (counted per user); 0: inherit.
+    pub nproc: u64,
+    /// RLIMIT_AS; "max" or "0": none.
+    #[serde(rename = "as")]
+    pub as_: String,
+    /// RLIMIT_DATA; "max" or "0": none.
+    pub data: String,
+    /// RLIMIT_FSIZE; "max" or "0": none.
+    pub fsize: String,
+    /// RLIMIT_CPU in seconds; 0: none.
+    pub cpu_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,6 +213,28 @@ pub struct StoreConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The user agents run as (the daemon, as root, switches to it in the `__exec` shim).
+    pub user: String,
+    /// Allow `user` to be root (refused otherwise).
+    pub allow_root: bool,
+    /// "FIRST-LAST": give each instance its own UID (= GID) from this range instead of
+    /// `user`'s, so instances cannot read each other's files. Empty: off.
+    pub uid_range: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// Landlock: instances may write only under their workspace, HOME and private tmp.
+    pub landlock: bool,
+    /// `auto`: a cgroup per instance where one is writable, else rlimits only; `required`:
+    /// refuse to start without writable cgroups; `off`: no cgroups.
+    pub cgroups: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct TmuxConfig {
     /// The tmux binary (a name on PATH or a path).
     pub binary: String,
@@ -210,8 +255,8 @@ impl Default for ServerConfig {
 impl Default for AgentsConfig {
     fn default() -> Self {
         Self {
-            claude: AgentConfig::default(),
-            codex: AgentConfig::default(),
+            claude: AgentKindConfig::default(),
+            codex: AgentKindConfig::default(),
             enter_delay_ms: 300,
             start_timeout_s: 60.0,
         }
@@ -226,6 +271,35 @@ impl Default for LimitsConfig {
             max_cost_usd_per_instance: 0.0,
             max_tokens_per_instance: 0,
             on_cap: "pause".into(),
+            memory_max: "4G".into(),
+            memory_swap_max: "0".into(),
+            pids_max: 1024,
+            cpu_max: String::new(),
+            nofile: 8192,
+            nproc: 0,
+            as_: "max".into(),
+            data: "max".into(),
+            fsize: "max".into(),
+            cpu_s: 0,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            user: "corral".into(),
+            allow_root: false,
+            uid_range: String::new(),
+        }
+    }
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        Self {
+            landlock: false,
+            cgroups: "auto".into(),
         }
     }
 }
@@ -315,6 +389,18 @@ impl Paths {
     }
     pub fn audit_dir(&self) -> PathBuf {
         self.log_dir.join("audit")
+    }
+    /// Per-workspace HOME directories of the agents (`<state_dir>/homes/<workspace>`).
+    pub fn homes_dir(&self) -> PathBuf {
+        self.state_dir.join("homes")
+    }
+    /// Per-instance private tmp directories (`<state_dir>/tmp/<id>`), removed at the end.
+    pub fn agent_tmp_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
+    }
+    /// Isolation plans handed to the `__exec` shim (0600, deleted by the shim).
+    pub fn plans_dir(&self) -> PathBuf {
+        self.run_dir.join("plans")
     }
     pub fn tmux_socket(&self) -> PathBuf {
         self.run_dir.join("tmux.sock")
@@ -598,6 +684,31 @@ impl Config {
         }
         if self.tmux.binary.is_empty() {
             return bad("tmux.binary", &self.tmux.binary, "must not be empty");
+        }
+        crate::isolation::limits::Limits::from_config(&self.limits)
+            .map_err(ConfigError::Invalid)?;
+        let user = &self.agent.user;
+        let user_ok = !user.is_empty()
+            && user.len() <= 32
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !user_ok {
+            return bad(
+                "agent.user",
+                user,
+                "must be a user name ([A-Za-z0-9_.-], 1-32 characters)",
+            );
+        }
+        if let Err(why) = crate::isolation::user::parse_uid_range(&self.agent.uid_range) {
+            return bad("agent.uid_range", &self.agent.uid_range, &why);
+        }
+        if !matches!(self.isolation.cgroups.as_str(), "auto" | "required" | "off") {
+            return bad(
+                "isolation.cgroups",
+                &self.isolation.cgroups,
+                "must be \"auto\", \"required\" or \"off\"",
+            );
         }
         for (key, value) in [
             ("paths.state_dir", &self.paths.state_dir),
@@ -925,6 +1036,28 @@ mod tests {
             ],
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn isolation_keys_are_validated_by_name() {
+        let c = load(
+            Some("[agent]\nuid_range = \"200000-200999\"\n[limits]\nmemory_max = \"512M\"\nas = \"2G\"\n"),
+            &[("CORRAL_LIMITS_PIDS_MAX", "64"), ("CORRAL_ISOLATION_LANDLOCK", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.limits.pids_max, 64);
+        assert_eq!(c.limits.as_, "2G");
+        assert!(c.isolation.landlock);
+        for (file, key) in [
+            ("[agent]\nuid_range = \"5-1\"\n", "agent.uid_range"),
+            ("[agent]\nuser = \"a b\"\n", "agent.user"),
+            ("[limits]\nmemory_max = \"lots\"\n", "limits.memory_max"),
+            ("[limits]\ncpu_max = \"fast\"\n", "limits.cpu_max"),
+            ("[isolation]\ncgroups = \"maybe\"\n", "isolation.cgroups"),
+        ] {
+            let e = load(Some(file), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{file}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`backend`]: start a process in tmux or a PTY; input, resize, output stream, exit (pidfd).
 //!   [`backend::children`]: the child subreaper and its orphan reaper, which never takes the
 //!   exit status of a child the daemon forked itself.
+//! - [`isolation`]: agent user/UID, rlimits, cgroups, Landlock, private directories; the
+//!   `__exec` shim that applies them in the instance before its program runs.
 //! - [`store`]: SQLite (WAL) on its own thread; migrations; the audit log ([`audit`]).
 //! - [`config`]: TOML + env into a validated `Config`.
 //! - [`model`]: plain data shared by all of the above (the API's wire types).
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod isolation;
 pub mod mcp;
 pub mod metrics;
 pub mod model;

@@ -2,6 +2,10 @@ use clap::Parser;
 use corral::cli::{Cli, Command};
 
 fn main() {
+    // The isolation shim runs in every instance before its program: no config, no runtime.
+    if std::env::args_os().nth(1).as_deref() == Some(corral::isolation::shim::SUBCOMMAND.as_ref()) {
+        std::process::exit(corral::isolation::shim::main());
+    }
     let cli = Cli::parse();
     // The PID-1 split comes first: before the config is read, before logging, the Tokio
     // runtime or any thread exists (see `corral::pid1`).

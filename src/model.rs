@@ -134,6 +134,8 @@ pub enum ReasonCode {
     CostCap,
     /// The instance's token cap was reached (with `limits.on_cap = "terminate"`).
     TokenCap,
+    /// The kernel's OOM killer ended it: its cgroup went over `memory_max`.
+    Oom,
 }
 
 impl ReasonCode {
@@ -149,6 +151,7 @@ impl ReasonCode {
             ReasonCode::Lost => "lost",
             ReasonCode::CostCap => "cost_cap",
             ReasonCode::TokenCap => "token_cap",
+            ReasonCode::Oom => "oom",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -163,6 +166,7 @@ impl ReasonCode {
             ReasonCode::Lost,
             ReasonCode::CostCap,
             ReasonCode::TokenCap,
+            ReasonCode::Oom,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
@@ -291,6 +295,50 @@ pub struct SpawnRequest {
     /// Wait until the instance is ready (or failed) before answering.
     #[serde(default)]
     pub wait_ready: bool,
+    /// Resource limits for this instance; each may only lower the configured one.
+    #[serde(default)]
+    pub limits: Option<LimitsRequest>,
+    /// Confine the instance's writes with Landlock (it cannot turn off a configured one).
+    #[serde(default)]
+    pub landlock: Option<bool>,
+}
+
+/// A size in bytes: a number, or a string with a suffix (`"512M"`, `"4G"`, `"64KiB"`), or
+/// `"max"` for no limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Per-spawn resource limits. Every field is optional; a value may only lower (never raise)
+/// the server's configured limit of the same name (see CONFIG.md, `[limits]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Memory of the instance's cgroup (e.g. "512M"); past it the kernel's OOM killer ends
+    /// the instance (end reason "oom").
+    pub memory_max: Option<Size>,
+    /// Swap the instance's cgroup may use ("0": none).
+    pub memory_swap_max: Option<Size>,
+    /// Processes and threads in the instance's cgroup at most (forks fail past it).
+    pub pids_max: Option<u64>,
+    /// CPU time: a number of CPUs ("1.5") or "QUOTA_US PERIOD_US" ("50000 100000").
+    pub cpu_max: Option<String>,
+    /// Open files per process (RLIMIT_NOFILE).
+    pub nofile: Option<u64>,
+    /// Processes of the agent's user (RLIMIT_NPROC; counted per user, not per instance).
+    pub nproc: Option<u64>,
+    /// Address space per process (RLIMIT_AS).
+    #[serde(rename = "as")]
+    pub as_: Option<Size>,
+    /// Data segment per process (RLIMIT_DATA).
+    pub data: Option<Size>,
+    /// Largest file a process may write (RLIMIT_FSIZE; past it SIGXFSZ).
+    pub fsize: Option<Size>,
+    /// CPU seconds per process (RLIMIT_CPU; past it SIGXCPU, then SIGKILL).
+    pub cpu_s: Option<u64>,
 }
 
 /// One audit/store event.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::config::{AgentConfig, Config};
+use crate::config::{AgentKindConfig, Config};
 use crate::model::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,9 @@ pub struct WatchSpec {
     pub hooks_file: PathBuf,
     /// The model usage is priced at when the record does not name one (Codex).
     pub model: String,
+    /// Claude: only this session's transcript (and its subagents') is read, so instances
+    /// that share a workspace do not count each other's usage.
+    pub session_id: Option<String>,
 }
 
 pub struct Prepared {
@@ -95,7 +98,7 @@ pub fn new_uuid() -> String {
     )
 }
 
-fn agent_config(cfg: &Config, kind: Kind) -> &AgentConfig {
+fn agent_config(cfg: &Config, kind: Kind) -> &AgentKindConfig {
     if kind == Kind::Codex {
         &cfg.agents.codex
     } else {
@@ -139,20 +142,19 @@ pub fn prepare(
     cfg: &Config,
     plan: &AgentPlan,
     dir: &Path,
+    id: &str,
     workspace: &Path,
     corral_exe: &Path,
 ) -> std::io::Result<Prepared> {
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home)?;
-    let hooks_file = dir.join("hooks.jsonl");
+    std::fs::create_dir_all(dir)?;
+    let hooks_file = dir.join(format!("hooks-{id}.jsonl"));
     let ac = agent_config(cfg, plan.kind);
     let model = plan
         .model
         .clone()
         .or_else(|| (!ac.model.is_empty()).then(|| ac.model.clone()));
+    // HOME, USER, TMPDIR come from the isolation plan (the agent user's private dirs).
     let mut env = BTreeMap::new();
-    env.insert("HOME".to_string(), home.display().to_string());
-    env.insert("TERM".to_string(), "xterm-256color".to_string());
     if let Some((var, value)) = credential(cfg, plan.kind) {
         env.insert(var.to_string(), value);
     }
@@ -195,7 +197,7 @@ pub fn prepare(
             );
             let group =
                 json!([{ "hooks": [{ "type": "command", "command": hook, "timeout": 10 }] }]);
-            let hook_settings = dir.join("hooks.json");
+            let hook_settings = dir.join(format!("hooks-{id}.json"));
             write_json(
                 &hook_settings,
                 &json!({ "hooks": {
@@ -255,6 +257,7 @@ pub fn prepare(
                     config_dir,
                     hooks_file,
                     model: model.unwrap_or_else(|| "claude-opus-4-8".into()),
+                    session_id: plan.session_id.clone(),
                 },
                 ready_pattern: None,
             })
@@ -307,11 +310,27 @@ pub fn prepare(
                     config_dir,
                     hooks_file,
                     model: model_name,
+                    session_id: plan.session_id.clone(),
                 },
                 ready_pattern: Some(r"OpenAI Codex \(v".into()),
             })
         }
     }
+}
+
+/// Gives `dir` and everything in it to the agent user (symlinks are not followed), so the
+/// agent can write its transcripts and hook lines; the directories become 0700.
+pub fn hand_over(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{lchown, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)?;
+    lchown(dir, Some(uid), Some(gid))?;
+    if meta.is_dir() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for e in std::fs::read_dir(dir)? {
+            hand_over(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,6 +368,7 @@ mod tests {
             &cfg,
             &plan,
             &dir.path().join("a"),
+            "i1",
             &ws,
             Path::new("/usr/bin/corral"),
         )
@@ -380,7 +400,7 @@ mod tests {
             .argv
             .windows(2)
             .any(|w| w == ["--model", "claude-sonnet-4-6"]));
-        let hooks = std::fs::read_to_string(dir.path().join("a/hooks.json")).unwrap();
+        let hooks = std::fs::read_to_string(dir.path().join("a/hooks-i1.json")).unwrap();
         assert!(
             hooks.contains("__hook")
                 && hooks.contains("SessionStart")
@@ -409,6 +429,7 @@ mod tests {
             &cfg,
             &plan,
             dir.path(),
+            "i2",
             Path::new("/w/x"),
             Path::new("corral"),
         )

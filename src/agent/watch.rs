@@ -289,6 +289,7 @@ mod tests {
             config_dir: dir.path().join("claude"),
             hooks_file: dir.path().join("hooks.jsonl"),
             model: "claude-opus-4-8".into(),
+            session_id: Some("s1".into()),
         };
         let (tx, mut rx) = mpsc::channel(64);
         let _h = spawn(spec, false, tx).unwrap();

@@ -28,9 +28,10 @@ use tmux::Tmux;
 /// Everything needed to start one process; computed by the supervisor beforehand.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
+    /// The command line: the isolation shim, its plan file, then the program. The program's
+    /// environment travels in the plan file, never here (tmux would keep it in its session
+    /// environment, visible to `show-environment`).
     pub argv: Vec<String>,
-    /// The complete environment (nothing is inherited).
-    pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub cols: u16,
     pub rows: u16,

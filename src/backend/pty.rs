@@ -35,10 +35,8 @@ pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
         .map_err(|e| io::Error::other(format!("openpty: {e}")))?;
     let mut cmd = CommandBuilder::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]);
+    // Nothing of the daemon's environment is inherited; the shim sets the program's.
     cmd.env_clear();
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
     cmd.cwd(&spec.cwd);
     let (child, owned) = super::children::spawn_owned(|| {
         #[allow(clippy::disallowed_methods)] // inside spawn_owned

@@ -8,7 +8,9 @@
 //!   (`pane_dead_status` / `pane_dead_signal`) until corral reads it and kills the session.
 //! - Output reaches corral through `pipe-pane` into a FIFO that corral reads; the pipe is set
 //!   in the same tmux command as `new-session`, before tmux reads any output of the pane.
-//! - The server is started with a clean environment (no secrets in its global environment).
+//! - The server is started with a clean environment (no secrets in its global environment),
+//!   and sessions get no `-e` variables: the instance's environment reaches it only through
+//!   the isolation shim's plan file, so `show-environment` never shows a secret.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -338,10 +340,6 @@ pub fn new_session_args(spec: &LaunchSpec, fifo: &Path) -> Vec<String> {
         "-c".into(),
         spec.cwd.display().to_string(),
     ];
-    for (k, v) in &spec.env {
-        args.push("-e".into());
-        args.push(format!("{k}={v}"));
-    }
     args.push("--".into());
     args.extend(spec.argv.iter().cloned());
     args.push(";".into());
@@ -412,7 +410,6 @@ mod tests {
     fn spec() -> LaunchSpec {
         LaunchSpec {
             argv: vec!["sh".into(), "-c".into(), "echo hi; sleep 1".into()],
-            env: vec![("A".into(), "b c".into())],
             cwd: PathBuf::from("/w/x"),
             cols: 120,
             rows: 40,
@@ -426,7 +423,7 @@ mod tests {
         let semi = args.iter().position(|a| a == ";").unwrap();
         assert_eq!(&args[..2], &["new-session", "-d"]);
         assert!(args[..semi].windows(2).any(|w| w == ["-s", "worker-1"]));
-        assert!(args[..semi].windows(2).any(|w| w == ["-e", "A=b c"]));
+        assert!(!args.iter().any(|a| a == "-e"), "no session environment");
         let dd = args.iter().position(|a| a == "--").unwrap();
         assert_eq!(&args[dd + 1..semi], &["sh", "-c", "echo hi; sleep 1"]);
         assert_eq!(args[semi + 1], "pipe-pane");

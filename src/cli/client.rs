@@ -102,6 +102,27 @@ pub fn run(cfg: &Config, url: Option<String>, cmd: Command) -> anyhow::Result<()
     })
 }
 
+/// `--limit KEY=VALUE` flags → the request's `limits` (numbers stay numbers).
+fn parse_limits(flags: &[String]) -> anyhow::Result<Option<crate::model::LimitsRequest>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let mut obj = serde_json::Map::new();
+    for kv in flags {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--limit {kv:?}: expected KEY=VALUE, e.g. memory_max=512M"))?;
+        let value = match v.parse::<u64>() {
+            Ok(n) if k != "cpu_max" => json!(n),
+            _ => json!(v),
+        };
+        obj.insert(k.to_string(), value);
+    }
+    serde_json::from_value(Value::Object(obj))
+        .map(Some)
+        .map_err(|e| anyhow!("--limit: {e} (keys: memory_max memory_swap_max pids_max cpu_max nofile nproc as data fsize cpu_s)"))
+}
+
 fn path_seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -132,10 +153,13 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
             ready_pattern,
             env,
             workspace,
+            limit,
+            landlock,
             no_wait,
             json,
             argv,
         } => {
+            let limits = parse_limits(&limit)?;
             let mut envs = BTreeMap::new();
             for kv in env {
                 let (k, v) = kv
@@ -154,6 +178,8 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 wall_timeout_s: wall_timeout,
                 ready_pattern,
                 wait_ready: !no_wait,
+                limits,
+                landlock: landlock.then_some(true),
                 ..Default::default()
             };
             let info: InstanceInfo = c.json(c.req(Method::POST, "/instances").json(&req)).await?;
@@ -261,6 +287,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
         | Command::CheckConfig
         | Command::Backup { .. }
         | Command::Hook { .. }
+        | Command::Doctor
         | Command::Version => {
             unreachable!("handled in cli::main")
         }

@@ -2,6 +2,7 @@
 //! the local daemon's `/api/v1` (see [`client`]).
 
 mod client;
+mod doctor;
 pub(crate) mod table;
 
 use std::path::PathBuf;
@@ -72,6 +73,13 @@ pub enum Command {
         /// Run in this existing directory under the workspace root.
         #[arg(long)]
         workspace: Option<String>,
+        /// Lower a resource limit for this instance (repeatable), e.g. memory_max=512M,
+        /// pids_max=64, cpu_max=0.5, nofile=1024, fsize=100M, cpu_s=600.
+        #[arg(long, value_name = "KEY=VALUE")]
+        limit: Vec<String>,
+        /// Confine its writes to its workspace, HOME and tmp with Landlock.
+        #[arg(long)]
+        landlock: bool,
         /// Return as soon as the process runs instead of waiting until it is ready.
         #[arg(long)]
         no_wait: bool,
@@ -128,6 +136,10 @@ pub enum Command {
     Resume { name: String },
     /// Copy the database to PATH with SQLite's online backup (safe while the daemon runs).
     Backup { path: PathBuf },
+    /// Check this host for what corral needs (tmux, agent user, cgroups, Landlock, state
+    /// directories) and say how to fix what is missing; exits non-zero when something
+    /// required is broken.
+    Doctor,
     /// Print the version.
     Version,
     /// Used by agents' hooks: append the hook's JSON (stdin) to FILE as one line.
@@ -157,6 +169,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::CheckConfig => check_config(&cfg),
         Command::Backup { path } => backup(&cfg, &path),
         Command::Hook { .. } => Ok(()),
+        Command::Doctor => return doctor::run(&cfg),
         Command::Version => {
             println!("corral {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -98,7 +98,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness and a summary; reveals no names, commands or secrets.
+/// Liveness and a summary; reveals no names, commands or secrets. `isolation` says what
+/// instances get here (agent user, cgroups or why not, Landlock ABI).
 async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
     let counts = st.sup.counts();
     let live: usize = counts.values().sum();
@@ -108,6 +109,7 @@ async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
         "uptime_s": st.started.elapsed().as_secs(),
         "instances": { "live": live, "by_state": counts },
         "max_instances": st.cfg.limits.max_instances,
+        "isolation": st.sup.isolation_status(),
     }))
 }
 

@@ -56,6 +56,14 @@ pub struct SpawnArgs {
     /// Wait (up to the start timeout) until the instance is ready or has failed before
     /// answering. Default false: answer at once with state "starting".
     pub wait_ready: Option<bool>,
+    /// Resource limits for this instance (memory_max, pids_max, cpu_max, nofile, nproc, as,
+    /// data, fsize, cpu_s). Each may only lower the server's limit. Past memory_max the
+    /// instance is killed with reason "oom".
+    pub limits: Option<crate::model::LimitsRequest>,
+    /// true: the instance may write only in its workspace, HOME and private tmp (Landlock).
+    /// Default from the server's config; a server that confines every instance cannot be
+    /// overridden with false.
+    pub landlock: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -199,6 +199,8 @@ impl CorralMcp {
                 ready_pattern: a.ready_pattern,
                 turn_quiet_ms: a.turn_quiet_ms,
                 wait_ready: a.wait_ready.unwrap_or(false),
+                limits: a.limits,
+                landlock: a.landlock,
                 mode: a.mode,
                 model: a.model,
                 prompt: a.prompt,

@@ -8,6 +8,7 @@
 //!      └────────────▶ stopping{reason} ──exit──▶ killed{reason} | failed (spawn)
 //!   exit while starting ─▶ failed (spawn_failed)
 //!   exit while ready/busy/paused ─▶ exited{completed | crashed}
+//!   OOM kill while starting/ready/busy/paused ─▶ killed{oom}
 //!   found dead after a restart ─▶ lost
 //! ```
 //!
@@ -56,6 +57,8 @@ pub enum Input {
     StartTimedOut,
     /// The process ended with this status.
     ProcessExited(ExitStatus),
+    /// It ended with this status after the kernel's OOM killer ended processes of its cgroup.
+    OomKilled(ExitStatus),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +169,23 @@ pub fn next(state: &State, input: &Input) -> Result<State, Rejected> {
             reason: *reason,
             status: *status,
         },
+        (
+            S::Stopping {
+                reason: ReasonCode::SpawnFailed,
+            },
+            I::OomKilled(status),
+        ) => S::Failed {
+            status: Some(*status),
+        },
+        // A stop corral had decided keeps its reason.
+        (S::Stopping { reason }, I::OomKilled(status)) => S::Killed {
+            reason: *reason,
+            status: *status,
+        },
+        (S::Starting | S::Ready | S::Busy | S::Paused, I::OomKilled(status)) => S::Killed {
+            reason: ReasonCode::Oom,
+            status: *status,
+        },
         (S::Ready | S::Busy | S::Paused, I::ProcessExited(status)) => S::Exited {
             reason: if status.success() {
                 ReasonCode::Completed
@@ -198,6 +218,10 @@ mod tests {
     const TERM: ExitStatus = ExitStatus {
         code: None,
         signal: Some(15),
+    };
+    const KILL: ExitStatus = ExitStatus {
+        code: None,
+        signal: Some(9),
     };
 
     #[test]
@@ -341,6 +365,51 @@ mod tests {
                 S::Lost,
                 Input::ProcessExited(OK),
                 Err(Rejected::Ended("lost")),
+            ),
+            (
+                S::Busy,
+                Input::OomKilled(KILL),
+                Ok(S::Killed {
+                    reason: R::Oom,
+                    status: KILL,
+                }),
+            ),
+            (
+                S::Ready,
+                Input::OomKilled(E3),
+                Ok(S::Killed {
+                    reason: R::Oom,
+                    status: E3,
+                }),
+            ),
+            (
+                S::Starting,
+                Input::OomKilled(KILL),
+                Ok(S::Killed {
+                    reason: R::Oom,
+                    status: KILL,
+                }),
+            ),
+            (
+                stopping(R::Requested),
+                Input::OomKilled(KILL),
+                Ok(S::Killed {
+                    reason: R::Requested,
+                    status: KILL,
+                }),
+            ),
+            (
+                stopping(R::SpawnFailed),
+                Input::OomKilled(KILL),
+                Ok(S::Failed { status: Some(KILL) }),
+            ),
+            (
+                S::Killed {
+                    reason: R::Oom,
+                    status: KILL,
+                },
+                Input::OomKilled(KILL),
+                Err(Rejected::Ended("killed")),
             ),
         ];
         for (from, input, want) in table {

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::backend::{self, tmux::Tmux};
 use crate::config::{Config, Paths};
+use crate::isolation::{Isolation, IsolationError};
 use crate::model::{now_ms, BackendKind, Event, InstanceInfo, ReasonCode, SpawnRequest, StateName};
 use crate::store::{Store, StoreError};
 use instance::State;
@@ -77,6 +78,10 @@ struct TaskStart {
     /// Output from before (the log tail of an adopted instance) for the ring.
     ring_seed: Vec<u8>,
     agent: Option<agent_task::AgentLink>,
+    /// The instance's cgroup, tmp and identity (fresh spawns; an adopted instance has none).
+    iso: Option<crate::isolation::Guard>,
+    iso_summary: serde_json::Value,
+    memory_max: Option<u64>,
 }
 
 /// A live slot: reserved at spawn, filled once the task runs, removed when it ends.
@@ -90,6 +95,7 @@ pub(crate) struct Inner {
     pub paths: Paths,
     pub store: Store,
     pub tmux: Tmux,
+    pub isolation: Isolation,
     pub events: broadcast::Sender<Event>,
     live: Mutex<HashMap<String, Slot>>,
     live_count: watch::Sender<usize>,
@@ -186,8 +192,14 @@ impl Supervisor {
         use anyhow::Context;
         let paths = cfg.paths();
         let tmux = Tmux::new(&cfg.tmux.binary, &paths.run_dir);
+        // Before tmux starts: setting up cgroups may move the daemon into a leaf cgroup, and
+        // the tmux server must not stay behind in the daemon's former cgroup.
+        let isolation = Isolation::start(&cfg, &paths)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("setting up isolation")?;
         let inner = Arc::new(Inner {
             tmux,
+            isolation,
             paths,
             store,
             events: broadcast::channel(4096).0,
@@ -219,6 +231,11 @@ impl Supervisor {
         &self.inner.paths
     }
 
+    /// What isolation instances get on this host (for /health).
+    pub fn isolation_status(&self) -> serde_json::Value {
+        self.inner.isolation.status()
+    }
+
     /// Events as they are committed (for observers such as MCP notifications and metrics).
     pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
@@ -231,7 +248,7 @@ impl Supervisor {
             return Err(SupervisorError::ShuttingDown);
         }
         let wait_ready = req.wait_ready;
-        let plan = plan::plan(&self.inner.cfg, &self.inner.paths, req)?;
+        let plan = plan::plan(&self.inner.cfg, self.inner.isolation.limits(), req)?;
         if plan.agent.is_some() && self.inner.fleet_over_cap() {
             return Err(SupervisorError::LimitReached(format!(
                 "the fleet has spent ${:.2} of limits.max_total_cost_usd = ${:.2}; no new agents",
@@ -304,7 +321,78 @@ impl Supervisor {
         plan: plan::Plan,
     ) -> Result<InstanceInfo, SupervisorError> {
         let cfg = &self.inner.cfg;
-        let workspace = plan.workspace_path(&self.inner.paths, id)?;
+        let (workspace, workspace_name) = plan.workspace_path(&self.inner.paths, id)?;
+        // Agents: seed their private config dir (keyed by workspace, so a resumed agent finds
+        // its conversation) and get their command line and environment.
+        let agent_dir =
+            crate::agent::launch::agent_dir(&self.inner.paths.state_dir, &workspace_name);
+        let agent_prep = match &plan.agent {
+            None => None,
+            Some(a) => {
+                let exe = std::env::current_exe().map_err(|e| {
+                    SupervisorError::Backend(format!("locating corral itself: {e}"))
+                })?;
+                let ws = workspace
+                    .canonicalize()
+                    .unwrap_or_else(|_| workspace.clone());
+                Some(
+                    crate::agent::launch::prepare(cfg, a, &agent_dir, id, &ws, &exe).map_err(
+                        |e| {
+                            SupervisorError::Backend(format!(
+                                "preparing {}: {e}",
+                                agent_dir.display()
+                            ))
+                        },
+                    )?,
+                )
+            }
+        };
+        let mut env = plan.instance_env(name, id);
+        let argv = match &agent_prep {
+            Some(p) => {
+                for (k, v) in &p.env {
+                    // the request's own variables win over the agent defaults
+                    if !plan.env.contains_key(k) {
+                        env.insert(k.clone(), v.clone());
+                    }
+                }
+                p.argv.clone()
+            }
+            None => plan.argv.clone(),
+        };
+        let prepared = self
+            .inner
+            .isolation
+            .prepare(crate::isolation::InstanceSpec {
+                id,
+                workspace: &workspace,
+                workspace_name: &workspace_name,
+                limits: &plan.limits,
+                landlock: plan.landlock,
+                env,
+                argv: &argv,
+            })
+            .map_err(|e| match e {
+                IsolationError::Refused(m) => SupervisorError::SpawnFailed(m),
+                other => SupervisorError::Backend(other.to_string()),
+            })?;
+        if agent_prep.is_some() {
+            // The agent writes its transcripts and hook lines there as the agent user.
+            let (uid, gid) = (
+                prepared.summary["uid"].as_u64(),
+                prepared.summary["gid"].as_u64(),
+            );
+            if let (Some(uid), Some(gid)) = (uid, gid) {
+                if let Err(e) = crate::agent::launch::hand_over(&agent_dir, uid as u32, gid as u32)
+                {
+                    prepared.guard.release();
+                    return Err(SupervisorError::Backend(format!(
+                        "handing {} to the agent user: {e}",
+                        agent_dir.display()
+                    )));
+                }
+            }
+        }
         let now = now_ms();
         let mut info = InstanceInfo {
             id: id.to_string(),
@@ -318,7 +406,7 @@ impl Supervisor {
             exit_code: None,
             exit_signal: None,
             pid: None,
-            argv: plan.argv.clone(),
+            argv: argv.clone(),
             env_keys: plan.env.keys().cloned().collect(),
             workspace: workspace.display().to_string(),
             tmux_session: (plan.backend == BackendKind::Tmux).then(|| name.to_string()),
@@ -352,35 +440,27 @@ impl Supervisor {
                 "workspace": info.workspace,
             }),
         );
-        let ev = self
+        let ev = match self
             .inner
             .store
             .insert_instance(info.clone(), spec_json, ev)
-            .await?;
-        self.inner.announce(ev);
-
-        let agent_dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, id);
-        let prepared = match &plan.agent {
-            None => None,
-            Some(a) => {
-                let exe = std::env::current_exe().map_err(|e| {
-                    SupervisorError::Backend(format!("locating corral itself: {e}"))
-                })?;
-                let ws = workspace
-                    .canonicalize()
-                    .unwrap_or_else(|_| workspace.clone());
-                Some(
-                    crate::agent::launch::prepare(cfg, a, &agent_dir, &ws, &exe).map_err(|e| {
-                        SupervisorError::Backend(format!("preparing {}: {e}", agent_dir.display()))
-                    })?,
-                )
+            .await
+        {
+            Ok(ev) => ev,
+            Err(e) => {
+                prepared.guard.release();
+                return Err(e.into());
             }
         };
-        let (argv, agent_env) = match &prepared {
-            Some(p) => (p.argv.clone(), p.env.clone()),
-            None => (plan.argv.clone(), Default::default()),
+        self.inner.announce(ev);
+
+        let spec = backend::LaunchSpec {
+            argv: prepared.argv.clone(),
+            cwd: workspace.clone(),
+            cols: plan.cols,
+            rows: plan.rows,
+            session: name.to_string(),
         };
-        let spec = plan.launch_spec(name, &workspace, id, &agent_env, argv);
         let launched = backend::launch(
             plan.backend,
             &spec,
@@ -402,6 +482,7 @@ impl Supervisor {
                     "exit",
                     json!({ "state": "failed", "reason": "spawn_failed", "detail": msg }),
                 );
+                prepared.guard.release();
                 let ev = self.inner.store.record(info, ev).await?;
                 self.inner.announce(ev);
                 return Err(SupervisorError::SpawnFailed(msg));
@@ -417,11 +498,17 @@ impl Supervisor {
         let agent_start = Duration::from_secs_f64(cfg.agents.start_timeout_s);
         let mut ready_re = plan.ready_re;
         let mut agent = None;
-        if let (Some(p), Some(a)) = (&prepared, &plan.agent) {
+        if let (Some(p), Some(a)) = (&agent_prep, &plan.agent) {
             if let Some(pat) = &p.ready_pattern {
                 ready_re = regex::bytes::Regex::new(pat).ok();
             }
-            agent = Some(self.link_agent(p.watch.clone(), false, a.prompt.clone())?);
+            agent = match self.link_agent(p.watch.clone(), false, a.prompt.clone()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    prepared.guard.release();
+                    return Err(e);
+                }
+            };
         }
         let timers = Timers {
             idle: (plan.idle_timeout_s > 0).then(|| Duration::from_secs(plan.idle_timeout_s)),
@@ -451,6 +538,9 @@ impl Supervisor {
             first_event: ("started", json!({ "pid": pid })),
             ring_seed: Vec::new(),
             agent,
+            iso: Some(prepared.guard),
+            iso_summary: prepared.summary,
+            memory_max: plan.limits.memory_max,
         });
         info!(%id, %name, pid = info.pid, backend = info.backend.as_str(), "spawned");
         Ok(info)
@@ -554,6 +644,9 @@ impl Supervisor {
             start_timeout: Duration::from_secs_f64(cfg.instance.start_timeout_s),
             first_event: t.first_event,
             agent: t.agent,
+            iso: t.iso,
+            iso_summary: t.iso_summary,
+            memory_max: t.memory_max,
         };
         {
             let mut live = lock(&self.inner.live);
@@ -777,7 +870,8 @@ fn ended(r: &str) -> SupervisorError {
 }
 
 fn ready_or_error(info: InstanceInfo) -> Result<InstanceInfo, SupervisorError> {
-    if info.state == StateName::Failed {
+    let oom = info.state == StateName::Killed && info.reason == Some(ReasonCode::Oom);
+    if info.state == StateName::Failed || oom {
         return Err(SupervisorError::SpawnFailed(
             info.reason_detail
                 .unwrap_or_else(|| "it ended during start".into()),

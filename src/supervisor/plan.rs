@@ -8,9 +8,10 @@ use nix::sys::signal::Signal;
 
 use super::SupervisorError;
 use crate::agent::launch::{new_uuid, AgentPlan, Mode};
-use crate::backend::{parse_signal, LaunchSpec};
+use crate::backend::parse_signal;
 use crate::config::{Config, Paths};
-use crate::model::{BackendKind, Kind, SpawnRequest};
+use crate::isolation::limits::Limits;
+use crate::model::{BackendKind, Kind, LimitsRequest, SpawnRequest};
 
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
@@ -18,9 +19,9 @@ const MAX_ARGV_BYTES: usize = 128 * 1024;
 const MAX_ENV_VARS: usize = 256;
 
 /// Variables passed through from the daemon's environment; everything else is dropped.
-pub const ENV_ALLOWLIST: &[&str] = &[
-    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HOME", "USER", "LOGNAME", "SHELL",
-];
+/// HOME, USER, LOGNAME, SHELL and TMPDIR describe the agent, not the daemon: the isolation
+/// plan sets them.
+pub const ENV_ALLOWLIST: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 pub struct Plan {
     pub name: Option<String>,
@@ -41,6 +42,12 @@ pub struct Plan {
     pub agent: Option<AgentPlan>,
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
+    /// Effective limits (the configured ones, lowered by the request).
+    pub limits: Limits,
+    pub landlock: bool,
+    /// As requested, for `resume`.
+    limits_req: Option<LimitsRequest>,
+    landlock_req: Option<bool>,
 }
 
 fn invalid(msg: String) -> SupervisorError {
@@ -57,7 +64,11 @@ pub fn check_size(cols: u16, rows: u16) -> Result<(), SupervisorError> {
     Ok(())
 }
 
-pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, SupervisorError> {
+pub fn plan(
+    cfg: &Config,
+    base_limits: &Limits,
+    req: SpawnRequest,
+) -> Result<Plan, SupervisorError> {
     if let Some(name) = &req.name {
         crate::ids::validate_name(name).map_err(|e| invalid(format!("invalid name: {e}")))?;
     }
@@ -191,6 +202,19 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         Some(a) => vec![crate::agent::launch::binary(cfg, a.kind)],
         None => req.argv,
     };
+    let limits = match &req.limits {
+        Some(l) => base_limits.lowered(l).map_err(invalid)?,
+        None => base_limits.clone(),
+    };
+    let landlock = match req.landlock {
+        Some(false) if cfg.isolation.landlock => {
+            return Err(invalid(
+                "landlock = false: the server confines every instance (isolation.landlock = true); a spawn cannot turn it off".into(),
+            ))
+        }
+        Some(on) => on,
+        None => cfg.isolation.landlock,
+    };
     let plan = Plan {
         name: req.name,
         kind,
@@ -209,6 +233,10 @@ pub fn plan(cfg: &Config, _paths: &Paths, req: SpawnRequest) -> Result<Plan, Sup
         agent,
         max_cost_usd,
         max_tokens,
+        limits,
+        landlock,
+        limits_req: req.limits,
+        landlock_req: req.landlock,
     };
     plan.check_program()?;
     Ok(plan)
@@ -330,14 +358,16 @@ impl Plan {
         }
     }
 
-    /// The instance's workspace: a named existing directory under the root, or a fresh
-    /// `<root>/<id>` (0700).
-    pub fn workspace_path(&self, paths: &Paths, id: &str) -> Result<PathBuf, SupervisorError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    /// The instance's workspace and its name: a named existing directory under the root, or
+    /// `<root>/<id>` (created, with its owner, by the isolation step).
+    pub fn workspace_path(
+        &self,
+        paths: &Paths,
+        id: &str,
+    ) -> Result<(PathBuf, String), SupervisorError> {
         let root = &paths.workspace_root;
-        std::fs::create_dir_all(root).map_err(|e| {
-            SupervisorError::Backend(format!("creating workspace root {}: {e}", root.display()))
-        })?;
+        crate::isolation::workspace::ensure_parent(root)
+            .map_err(|e| SupervisorError::Backend(format!("workspace root: {e}")))?;
         match &self.workspace {
             Some(name) => {
                 let p = root.join(name);
@@ -352,57 +382,33 @@ impl Plan {
                         "workspace {name:?} is not a directory (symlinks are refused)"
                     )));
                 }
-                Ok(p)
+                Ok((p, name.clone()))
             }
-            None => {
-                let p = root.join(id);
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&p)
-                    .map_err(|e| {
-                        SupervisorError::Backend(format!("creating workspace {}: {e}", p.display()))
-                    })?;
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
-                Ok(p)
-            }
+            None => Ok((root.join(id), id.to_string())),
         }
     }
 
-    /// The complete environment: the allowlist from the daemon, corral's own variables, then
-    /// the request's variables.
-    pub fn launch_spec(
-        &self,
-        name: &str,
-        cwd: &Path,
-        id: &str,
-        agent_env: &BTreeMap<String, String>,
-        argv: Vec<String>,
-    ) -> LaunchSpec {
+    /// The instance's environment, without the identity variables the isolation plan adds:
+    /// the allowlist from the daemon, corral's own variables, then the request's variables.
+    pub fn instance_env(&self, name: &str, id: &str) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for k in ENV_ALLOWLIST {
             if let Ok(v) = std::env::var(k) {
                 env.insert(k.to_string(), v);
             }
         }
-        if self.backend == BackendKind::Pty {
-            env.insert("TERM".into(), "xterm-256color".into());
-        }
+        // tmux's panes emulate its default-terminal (see backend/tmux.rs).
+        let term = match self.backend {
+            BackendKind::Pty => "xterm-256color",
+            BackendKind::Tmux => "screen-256color",
+        };
+        env.insert("TERM".into(), term.into());
         env.insert("CORRAL_INSTANCE_ID".into(), id.into());
         env.insert("CORRAL_INSTANCE_NAME".into(), name.into());
-        for (k, v) in agent_env {
-            env.insert(k.clone(), v.clone());
-        }
         for (k, v) in &self.env {
             env.insert(k.clone(), v.clone());
         }
-        LaunchSpec {
-            argv,
-            env: env.into_iter().collect(),
-            cwd: cwd.to_path_buf(),
-            cols: self.cols,
-            rows: self.rows,
-            session: name.to_string(),
-        }
+        env
     }
 
     /// What the store keeps of the request, as a `SpawnRequest` (so `resume` can replay it).
@@ -428,6 +434,8 @@ impl Plan {
             "extra_args": self.agent.as_ref().map(|a| a.extra_args.clone()).unwrap_or_default(),
             "max_cost_usd": self.max_cost_usd,
             "max_tokens": self.max_tokens,
+            "limits": self.limits_req,
+            "landlock": self.landlock_req,
         })
         .to_string()
     }
@@ -436,4 +444,61 @@ impl Plan {
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Size;
+
+    fn req(json: serde_json::Value) -> SpawnRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn limits_are_lowered_and_landlock_cannot_be_turned_off() {
+        let mut cfg = Config::default();
+        let base = Limits::from_config(&cfg.limits).unwrap();
+        let p = plan(
+            &cfg,
+            &base,
+            req(
+                serde_json::json!({"argv": ["sh"], "limits": {"memory_max": "64M", "pids_max": 8}}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.limits.memory_max, Some(64 << 20));
+        assert_eq!(p.limits.pids_max, Some(8));
+        assert!(!p.landlock);
+        let spec: SpawnRequest = serde_json::from_str(&p.spec_json()).unwrap();
+        assert_eq!(
+            spec.limits.unwrap().memory_max,
+            Some(Size::Text("64M".into())),
+            "resume replays the request"
+        );
+        let e = plan(
+            &cfg,
+            &base,
+            req(serde_json::json!({"argv": ["sh"], "limits": {"memory_max": "64G"}})),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("memory_max") && e.contains("only lower"), "{e}");
+        cfg.isolation.landlock = true;
+        let e = plan(
+            &cfg,
+            &base,
+            req(serde_json::json!({"argv": ["sh"], "landlock": false})),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cannot turn it off"), "{e}");
+        assert!(
+            plan(&cfg, &base, req(serde_json::json!({"argv": ["sh"]})))
+                .unwrap()
+                .landlock
+        );
+    }
 }

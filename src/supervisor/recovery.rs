@@ -120,7 +120,11 @@ impl Supervisor {
         // An agent's watcher resumes its files; hook lines from before are not replayed.
         let agent = match info.kind {
             Kind::Claude | Kind::Codex => {
-                let dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, &info.id);
+                let ws_name = std::path::Path::new(&info.workspace)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| info.id.clone());
+                let dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, &ws_name);
                 let kind = info.kind;
                 let spec = crate::agent::launch::WatchSpec {
                     kind,
@@ -130,7 +134,8 @@ impl Supervisor {
                     } else {
                         "claude"
                     }),
-                    hooks_file: dir.join("hooks.jsonl"),
+                    hooks_file: dir.join(format!("hooks-{}.jsonl", info.id)),
+                    session_id: info.session_id.clone(),
                     agent_dir: dir,
                     model: info.model.clone().unwrap_or_else(|| {
                         if kind == Kind::Codex {
@@ -169,6 +174,9 @@ impl Supervisor {
             ),
             ring_seed,
             agent,
+            iso: None,
+            iso_summary: serde_json::Value::Null,
+            memory_max: None,
         });
         tracing::info!(id = %info.id, name = %info.name, pid, "adopted");
         // A stop that was under way when the old daemon died is carried on.
@@ -200,6 +208,7 @@ impl Supervisor {
                 let _ = backend::pidfd::signal_group(pid, Signal::SIGKILL);
             }
         }
+        self.inner.isolation.reap_stale(&info.id).await;
         info.state = StateName::Lost;
         info.reason = Some(ReasonCode::Lost);
         info.reason_detail = Some(if session_alive {

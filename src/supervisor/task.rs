@@ -178,6 +178,11 @@ pub(crate) struct Task {
     pub first_event: (&'static str, serde_json::Value),
     /// Agents: the link to the agent's own events.
     pub agent: Option<super::agent_task::AgentLink>,
+    /// The instance's cgroup, private tmp and identity; released once it has ended.
+    pub iso: Option<crate::isolation::Guard>,
+    /// What isolation it got, for the `started` event.
+    pub iso_summary: serde_json::Value,
+    pub memory_max: Option<u64>,
 }
 
 impl Task {
@@ -188,7 +193,12 @@ impl Task {
         exit: ExitWaiter,
         mut ctl_rx: mpsc::Receiver<Ctl>,
     ) {
-        let (kind, data) = std::mem::replace(&mut self.first_event, ("", serde_json::Value::Null));
+        let (kind, mut data) =
+            std::mem::replace(&mut self.first_event, ("", serde_json::Value::Null));
+        let isolation = std::mem::take(&mut self.iso_summary);
+        if !isolation.is_null() {
+            data["isolation"] = isolation;
+        }
         self.commit(kind, data).await;
         let mut buf = vec![0u8; 16 * 1024];
         let mut output_open = true;
@@ -571,6 +581,9 @@ impl Task {
         if let Err(e) = pidfd::signal_group(pid, sig) {
             warn!(error = %e, "signalling the process group failed");
         }
+        if grace.is_zero() {
+            self.kill_cgroup();
+        }
         if !grace.is_zero() {
             self.timers.kill_deadline = Some(Instant::now() + grace);
         }
@@ -583,8 +596,9 @@ impl Task {
         if due(self.timers.kill_deadline) {
             self.timers.kill_deadline = None;
             if let Some(pid) = self.info.pid {
-                warn!("grace period over; sending SIGKILL to the process group");
+                warn!("grace period over; sending SIGKILL to the process group and cgroup");
                 let _ = pidfd::signal_group(pid, Signal::SIGKILL);
+                self.kill_cgroup();
                 let _ = self
                     .inner
                     .note(self.event("kill_escalated", json!({})))
@@ -627,6 +641,14 @@ impl Task {
         }
     }
 
+    /// SIGKILL to everything in the instance's cgroup, including processes that left its
+    /// process group (double forks, `setsid`).
+    fn kill_cgroup(&self) {
+        if let Some(iso) = &self.iso {
+            iso.kill();
+        }
+    }
+
     pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs_f64(self.inner.cfg.instance.stop_grace_s)
     }
@@ -641,8 +663,15 @@ impl Task {
             warn!(error = %e, "could not read the exit status");
             ExitStatus::default()
         });
-        // The leader is gone; whatever else is left in its group goes with it.
+        // The leader is gone; whatever else is left in its group and its cgroup goes with it.
         let _ = pidfd::signal_group(pid, Signal::SIGKILL);
+        let oom_kills = match &self.iso {
+            Some(iso) => {
+                iso.kill_all().await;
+                iso.oom_kills()
+            }
+            None => 0,
+        };
         let failing = matches!(
             self.state,
             State::Starting
@@ -675,7 +704,16 @@ impl Task {
                 reason: ReasonCode::SpawnFailed
             }
         );
-        let Ok(new) = next(&self.state, &Input::ProcessExited(status)) else {
+        if let Some(iso) = self.iso.take() {
+            iso.release();
+        }
+        let oom = oom_kills > 0 && !status.success();
+        let input = if oom {
+            Input::OomKilled(status)
+        } else {
+            Input::ProcessExited(status)
+        };
+        let Ok(new) = next(&self.state, &input) else {
             return;
         };
         self.state = new;
@@ -700,6 +738,14 @@ impl Task {
             } else {
                 format!("{why}; last output:\n{tail}")
             });
+        } else if self.state.reason() == Some(ReasonCode::Oom) {
+            let limit = self
+                .memory_max
+                .map(|b| format!("memory_max = {} MiB", b >> 20))
+                .unwrap_or_else(|| "the host's memory".into());
+            self.info.reason_detail = Some(format!(
+                "the kernel's OOM killer ended {oom_kills} process(es) of the instance: it used more than {limit} ({status})"
+            ));
         } else if let Some(sig) = status.signal {
             let name = Signal::try_from(sig)
                 .map(|s| s.as_str())

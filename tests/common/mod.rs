@@ -36,6 +36,40 @@ pub struct TestDaemon {
     pub token: Option<String>,
 }
 
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The agent user for tests: `corral` as root (the default; `scripts/dev setup` creates it),
+/// else the user running the tests (a non-root daemon cannot switch users).
+pub fn agent_section() -> String {
+    if is_root() {
+        assert!(
+            nix::unistd::User::from_name("corral").ok().flatten().is_some(),
+            "the tests run agents as the user `corral`, which does not exist: run `scripts/dev setup` (it creates it)"
+        );
+        return String::new();
+    }
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .expect("the current user has a passwd entry");
+    format!("[agent]\nuser = \"{}\"\n", me.name)
+}
+
+/// Prints a SKIP line (visible with `--nocapture` and in CI logs) and returns true when
+/// `missing` names something the test needs.
+pub fn skip(test: &str, missing: Option<String>) -> bool {
+    match missing {
+        Some(why) => {
+            eprintln!("SKIP {test}: {why}");
+            println!("SKIP {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// Polls `f` with backoff until it returns `Some`, or panics after `deadline`.
 pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -68,6 +102,12 @@ impl TestDaemon {
             .prefix("corral-t")
             .tempdir()
             .expect("tempdir");
+        // Agents run as another user and must pass through to their workspace and HOME.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod test dir");
+        }
         let config = dir.path().join("corral.toml");
         let state = dir.path().join("state");
         let token = extra
@@ -81,6 +121,12 @@ impl TestDaemon {
         // the test's own [server] section, or port 0
         if !extra.contains("[server]") {
             text.push_str("[server]\nport = 0\n");
+        }
+        if !extra.contains("[shutdown]") {
+            text.push_str("[shutdown]\ngrace_s = 2.0\n");
+        }
+        if !extra.contains("[agent]") {
+            text.push_str(&agent_section());
         }
         text.push_str(extra);
         std::fs::write(&config, text).expect("write config");
@@ -339,7 +385,17 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             self.dump();
         }
+        // A clean shutdown stops the instances and removes their cgroups (a SIGKILLed daemon
+        // would leave them behind, and the temp state that could reap them is deleted).
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${CORRAL_BIN:-target/debug/corral}
 dir=$(mktemp -d)
+chmod 711 "$dir"  # agents run as another user and must reach their HOME under it
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; tmux -S "$dir/state/run/tmux.sock" kill-server 2>/dev/null || true; rm -rf "$dir"' EXIT
 token=py-token-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 cat > "$dir/corral.toml" <<TOML
