@@ -67,7 +67,13 @@ pub fn spawn(
 ) -> std::io::Result<WatchHandle> {
     std::fs::create_dir_all(&spec.agent_dir)?;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Our own reads raise open/access/close events: waking on those would rescan forever.
+        if let Ok(ev) = &res {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+        }
         let _ = wake_tx.try_send(());
     })
     .map_err(std::io::Error::other)?;

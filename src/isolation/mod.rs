@@ -286,7 +286,12 @@ async fn kill_until_empty(cg: &cgroup::InstanceCgroup, limit: Duration) -> bool 
         if let Err(e) = cg.kill() {
             warn!(error = %e, "killing the cgroup failed");
         }
-        if cg.pids().is_empty() {
+        // A zombie is dead already; its parent (tmux, for a pane) reaps it in its own time.
+        if cg
+            .pids()
+            .iter()
+            .all(|p| crate::backend::pidfd::zombie_status(*p).is_some())
+        {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -526,6 +526,7 @@ impl Supervisor {
             kill_deadline: None,
             enter_deadline: None,
             last_activity: now,
+            idle_armed: false,
         };
         let pid = info.pid;
         self.start_task(TaskStart {

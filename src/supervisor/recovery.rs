@@ -116,6 +116,7 @@ impl Supervisor {
             kill_deadline: None,
             enter_deadline: None,
             last_activity,
+            idle_armed: true,
         };
         // An agent's watcher resumes its files; hook lines from before are not replayed.
         let agent = match info.kind {

@@ -141,11 +141,17 @@ pub(crate) struct Timers {
     /// Agents: when to press Enter after a paste.
     pub enter_deadline: Option<Instant>,
     pub last_activity: Instant,
+    /// The idle timer runs once the instance is ready (a slow start is the start timeout's
+    /// business, not idleness).
+    pub idle_armed: bool,
 }
 
 impl Timers {
     fn next(&self) -> Option<Instant> {
-        let idle = self.idle.map(|d| self.last_activity + d);
+        let idle = self
+            .idle
+            .filter(|_| self.idle_armed)
+            .map(|d| self.last_activity + d);
         [
             idle,
             self.wall_deadline,
@@ -330,6 +336,10 @@ impl Task {
     pub(crate) async fn become_ready(&mut self, how: &str) {
         self.timers.start_deadline = None;
         self.timers.settle_deadline = None;
+        if !self.timers.idle_armed {
+            self.timers.idle_armed = true;
+            self.timers.last_activity = Instant::now();
+        }
         if let Ok(true) = self
             .transition(Input::ReadySeen, "ready", json!({ "via": how }))
             .await
