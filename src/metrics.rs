@@ -37,6 +37,17 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabel {
+    model: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolOutcome {
     tool: String,
     outcome: String,
@@ -48,6 +59,8 @@ pub struct Metrics {
     spawns: Family<KindBackend, Counter>,
     exits: Family<Reason, Counter>,
     mcp_requests: Family<ToolOutcome, Counter>,
+    tokens: Family<TokenLabel, Counter>,
+    cost: Family<ModelLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     spawn_to_ready: Histogram,
     /// spawn timestamps (ms) of instances not yet ready
     pending: Mutex<HashMap<String, i64>>,
@@ -66,6 +79,8 @@ impl Metrics {
         let spawns = Family::<KindBackend, Counter>::default();
         let exits = Family::<Reason, Counter>::default();
         let mcp_requests = Family::<ToolOutcome, Counter>::default();
+        let tokens = Family::<TokenLabel, Counter>::default();
+        let cost = Family::<ModelLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         // 1 ms .. ~33 s
         let spawn_to_ready = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -85,6 +100,16 @@ impl Metrics {
             mcp_requests.clone(),
         );
         registry.register(
+            "tokens",
+            "Tokens agents reported, by model and kind (input, output, cache_write, cache_read)",
+            tokens.clone(),
+        );
+        registry.register(
+            "cost_usd",
+            "US dollars agents spent, by model",
+            cost.clone(),
+        );
+        registry.register(
             "spawn_to_ready_seconds",
             "Time from spawn to ready",
             spawn_to_ready.clone(),
@@ -95,6 +120,8 @@ impl Metrics {
             spawns,
             exits,
             mcp_requests,
+            tokens,
+            cost,
             spawn_to_ready,
             pending: Mutex::new(HashMap::new()),
         }
@@ -122,6 +149,20 @@ impl Metrics {
                     })
                     .inc();
                 pending.insert(id, ev.ts);
+            }
+            "usage" => {
+                let model = s("model");
+                for k in ["input", "output", "cache_write", "cache_read"] {
+                    let n = ev.data["tokens"][k].as_u64().unwrap_or(0);
+                    self.tokens
+                        .get_or_create(&TokenLabel {
+                            model: model.clone(),
+                            kind: k.into(),
+                        })
+                        .inc_by(n);
+                }
+                let c = ev.data["cost_usd"].as_f64().unwrap_or(0.0);
+                self.cost.get_or_create(&ModelLabel { model }).inc_by(c);
             }
             "ready" => {
                 if let Some(t0) = pending.remove(&id) {

@@ -273,6 +273,12 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 describe_end(&info)
             );
         }
+        Command::Usage { all } => {
+            let list: Vec<InstanceInfo> = c
+                .json(c.req(Method::GET, &format!("/instances?all={all}")))
+                .await?;
+            print!("{}", usage_table(&list));
+        }
         Command::Resume { name } => {
             let info: InstanceInfo = c
                 .json(c.req(
@@ -316,6 +322,55 @@ fn describe_end(i: &InstanceInfo) -> String {
         s.push_str(&format!(" (signal {sig})"));
     }
     s
+}
+
+/// Per-instance tokens and cost, then the total.
+pub fn usage_table(list: &[InstanceInfo]) -> String {
+    let mut total = crate::agent::prices::Tokens::default();
+    let mut cost = 0.0;
+    let mut rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            total.add(&i.tokens);
+            cost += i.cost_usd;
+            let budget = match (i.max_cost_usd, i.max_tokens) {
+                (Some(c), _) => format!("${c:.2}"),
+                (None, Some(t)) => format!("{t} tok"),
+                _ => "-".into(),
+            };
+            vec![
+                i.name.clone(),
+                i.kind.as_str().into(),
+                i.model.clone().unwrap_or_else(|| "-".into()),
+                i.state.as_str().into(),
+                i.tokens.input.to_string(),
+                i.tokens.output.to_string(),
+                i.tokens.cache_write.to_string(),
+                i.tokens.cache_read.to_string(),
+                format!("${:.4}", i.cost_usd),
+                budget,
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "TOTAL".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        total.input.to_string(),
+        total.output.to_string(),
+        total.cache_write.to_string(),
+        total.cache_read.to_string(),
+        format!("${cost:.4}"),
+        String::new(),
+    ]);
+    render(
+        &[
+            "NAME", "KIND", "MODEL", "STATE", "INPUT", "OUTPUT", "CACHE_W", "CACHE_R", "COST",
+            "BUDGET",
+        ],
+        &rows,
+    )
 }
 
 pub fn ls_table(list: &[InstanceInfo], now: i64) -> String {

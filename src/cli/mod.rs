@@ -132,6 +132,12 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Tokens and cost per instance and for the fleet.
+    Usage {
+        /// Include ended instances.
+        #[arg(long, short)]
+        all: bool,
+    },
     /// Start an ended instance again (same command, workspace and name; new id).
     Resume { name: String },
     /// Copy the database to PATH with SQLite's online backup (safe while the daemon runs).

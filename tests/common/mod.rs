@@ -286,6 +286,14 @@ impl TestDaemon {
         (status, r.json().unwrap_or(Value::Null))
     }
 
+    pub fn get_text(&self, path: &str) -> String {
+        self.with_auth(self.http.get(format!("{}{path}", self.url)))
+            .send()
+            .expect("GET")
+            .text()
+            .unwrap_or_default()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .with_auth(self.http.post(format!("{}{path}", self.url)).json(body))
