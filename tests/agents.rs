@@ -450,3 +450,89 @@ fn an_idle_agent_costs_the_daemon_no_cpu() {
         share * 100.0
     );
 }
+
+fn shared_log() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-fakelog")
+        .tempdir()
+        .unwrap();
+    let log = dir.path().join("fake.log");
+    std::fs::write(&log, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    (dir, log)
+}
+
+#[test]
+fn headless_agents_run_one_cli_call_per_message_and_keep_the_conversation() {
+    let d = TestDaemon::start_with(&agents_config(""));
+    let (_keep, log) = shared_log();
+    for kind in ["claude", "codex"] {
+        let name = format!("h-{kind}");
+        d.spawn(json!({"name": name, "kind": kind, "mode": "headless", "wait_ready": true, "env": {"FAKE_LOG": log.display().to_string()}}));
+        let fake = if kind == "claude" { "Claude" } else { "Codex" };
+        assert_eq!(
+            send_wait(&d, &name, "one")["reply"],
+            format!("Hello from the fake {fake}. (one)")
+        );
+        assert_eq!(
+            send_wait(&d, &name, "two")["reply"],
+            format!("Hello from the fake {fake}. (two)")
+        );
+        let v = d.instance(&name);
+        assert_eq!(v["mode"], "headless");
+        let session = v["session_id"].as_str().unwrap().to_string();
+        let runs: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!(
+                    "\"{}",
+                    if kind == "claude" { "-p" } else { "exec" }
+                )) && l.contains(&session)
+            })
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !runs.is_empty(),
+            "the follow-up continued session {session}"
+        );
+        if kind == "claude" {
+            // headless Claude reports its own cost in the result line; it is used as is
+            assert!(
+                close(v["cost_usd"].as_f64().unwrap(), 2.0 * CLAUDE_CALL),
+                "{v}"
+            );
+            let priced: Vec<String> = events(&d, &name)
+                .iter()
+                .filter(|e| e["kind"] == "usage")
+                .map(|e| e["data"]["priced_by"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(priced, ["cli", "cli"]);
+        } else {
+            assert_eq!(v["tokens"]["output"], 120);
+        }
+    }
+    // Ctrl-C interrupts a headless turn (SIGINT to the CLI); the agent stays ready
+    d.spawn(json!({"name": "slowh", "kind": "claude", "mode": "headless", "wait_ready": true, "env": {"FAKE_DELAY_MS": "3000"}}));
+    let (status, v) = d.post("/api/v1/instances/slowh/send", &json!({"text": "long job"}));
+    assert_eq!(status, 200, "{v}");
+    wait_until("the CLI running", SECS10, || {
+        d.output("slowh").contains("> long job").then_some(())
+    });
+    let (status, v) = d.post("/api/v1/instances/slowh/interrupt", &json!({}));
+    assert_eq!(status, 200, "{v}");
+    let (_, out) = d.get("/api/v1/instances/slowh/turns/1?timeout_s=10");
+    assert_eq!(out["done"], true, "{out}");
+    assert!(
+        out["error"].is_string(),
+        "an interrupted turn ends with an error: {out}"
+    );
+    assert_eq!(d.instance("slowh")["state"], "ready");
+    assert_eq!(
+        d.instance("slowh")["cost_usd"],
+        0.0,
+        "the aborted call cost nothing"
+    );
+}

@@ -62,6 +62,7 @@ pub struct WatchSpec {
     pub agent_dir: PathBuf,
     /// `CLAUDE_CONFIG_DIR` or `CODEX_HOME`.
     pub config_dir: PathBuf,
+    /// Interactive Claude: the hook log. Headless: the runner's turns file.
     pub hooks_file: PathBuf,
     /// The model usage is priced at when the record does not name one (Codex).
     pub model: String,
@@ -80,6 +81,33 @@ pub struct Prepared {
 
 pub fn agent_dir(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("agents").join(id)
+}
+
+/// Headless mode: the instance runs `corral __headless`, which runs the CLI once per message.
+fn headless_argv(
+    kind: Kind,
+    corral_exe: &Path,
+    turns_file: &Path,
+    plan: &AgentPlan,
+    base: Vec<String>,
+) -> Vec<String> {
+    let mut argv = vec![
+        corral_exe.display().to_string(),
+        super::headless::SUBCOMMAND.to_string(),
+        "--kind".into(),
+        kind.as_str().into(),
+        "--file".into(),
+        turns_file.display().to_string(),
+    ];
+    if let Some(s) = &plan.session_id {
+        argv.extend(["--session".into(), s.clone()]);
+    }
+    if plan.resuming {
+        argv.push("--resume".into());
+    }
+    argv.push("--".into());
+    argv.extend(base);
+    argv
 }
 
 /// A random RFC 4122 version-4 UUID.
@@ -230,12 +258,15 @@ pub fn prepare(
             }
             let mut argv = vec![binary(cfg, Kind::Claude)];
             let sid = plan.session_id.clone().unwrap_or_default();
-            if plan.resuming {
-                argv.extend(["--resume".into(), sid]);
-            } else {
-                argv.extend(["--session-id".into(), sid]);
+            if plan.mode == Mode::Interactive {
+                // headless: the runner adds the session flags to each `-p` run
+                if plan.resuming {
+                    argv.extend(["--resume".into(), sid]);
+                } else {
+                    argv.extend(["--session-id".into(), sid]);
+                }
+                argv.extend(["--settings".into(), hook_settings.display().to_string()]);
             }
-            argv.extend(["--settings".into(), hook_settings.display().to_string()]);
             if let Some(m) = &model {
                 argv.extend(["--model".into(), m.clone()]);
             }
@@ -247,6 +278,14 @@ pub fn prepare(
             }
             argv.extend(ac.extra_args.iter().cloned());
             argv.extend(plan.extra_args.iter().cloned());
+            let turns_file = dir.join(format!("turns-{id}.jsonl"));
+            let (argv, hooks_file) = match plan.mode {
+                Mode::Interactive => (argv, hooks_file),
+                Mode::Headless => (
+                    headless_argv(Kind::Claude, corral_exe, &turns_file, plan, argv),
+                    turns_file,
+                ),
+            };
             Ok(Prepared {
                 argv,
                 env,
@@ -284,9 +323,16 @@ pub fn prepare(
             std::fs::write(config_dir.join("config.toml"), toml_text)?;
             env.insert("CODEX_HOME".into(), config_dir.display().to_string());
             let mut argv = vec![binary(cfg, Kind::Codex)];
-            if plan.resuming {
-                if let Some(sid) = &plan.session_id {
-                    argv.extend(["resume".into(), sid.clone()]);
+            match plan.mode {
+                Mode::Headless => argv.extend([
+                    "exec".into(),
+                    "--json".into(),
+                    "--skip-git-repo-check".into(),
+                ]),
+                Mode::Interactive => {
+                    if let (true, Some(sid)) = (plan.resuming, &plan.session_id) {
+                        argv.extend(["resume".into(), sid.clone()]);
+                    }
                 }
             }
             if let Some(m) = &model {
@@ -300,6 +346,15 @@ pub fn prepare(
             }
             argv.extend(ac.extra_args.iter().cloned());
             argv.extend(plan.extra_args.iter().cloned());
+            let turns_file = dir.join(format!("turns-{id}.jsonl"));
+            let (argv, hooks_file, ready_pattern) = match plan.mode {
+                Mode::Interactive => (argv, hooks_file, Some(r"OpenAI Codex \(v".to_string())),
+                Mode::Headless => (
+                    headless_argv(Kind::Codex, corral_exe, &turns_file, plan, argv),
+                    turns_file,
+                    None,
+                ),
+            };
             Ok(Prepared {
                 argv,
                 env,
@@ -312,7 +367,7 @@ pub fn prepare(
                     model: model_name,
                     session_id: plan.session_id.clone(),
                 },
-                ready_pattern: Some(r"OpenAI Codex \(v".into()),
+                ready_pattern,
             })
         }
     }

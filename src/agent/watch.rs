@@ -19,8 +19,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::launch::Mode;
 use super::launch::WatchSpec;
-use super::usage::{claude_transcript, codex_rollout, Seen, UsageRecord};
+use super::usage::{
+    claude_stream, claude_transcript, codex_exec, codex_rollout, Seen, UsageRecord,
+};
 use crate::model::Kind;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +59,13 @@ struct Tail {
     turn_text: Vec<String>,
     /// Codex: rollouts that carry token_usage_record lines.
     has_records: HashMap<PathBuf, bool>,
+    /// Headless: turns seen in the turns file (keys Codex usage), and whether the current one
+    /// has ended (the runner's own end marker then only covers a CLI that died silently).
+    turns: u64,
+    ended: bool,
+    /// Headless: the CLI's verdict on the running turn, reported when the runner is back at
+    /// its prompt (its end marker), so the next message cannot arrive mid-turn.
+    verdict: Option<(Option<String>, Option<String>)>,
 }
 
 /// Starts watching. With `skip_old_hooks`, hook lines already in the file are not replayed
@@ -85,6 +95,9 @@ pub fn spawn(
         offsets: HashMap::new(),
         turn_text: Vec::new(),
         has_records: HashMap::new(),
+        turns: 0,
+        ended: false,
+        verdict: None,
     };
     if skip_old_hooks {
         let len = std::fs::metadata(&tail.spec.hooks_file)
@@ -154,6 +167,13 @@ impl Tail {
 
     fn scan(&mut self) -> Vec<AgentEvent> {
         let mut out = Vec::new();
+        if self.spec.mode == Mode::Headless {
+            let file = self.spec.hooks_file.clone();
+            for l in self.new_lines(&file) {
+                out.extend(self.headless_line(&l));
+            }
+            return out;
+        }
         match self.spec.kind {
             Kind::Codex => {
                 let mut files = Vec::new();
@@ -197,6 +217,49 @@ impl Tail {
         out
     }
 
+    /// A line of a headless instance's turns file: the CLI's own output, or the runner's
+    /// markers (`corral_ready`, `corral_turn_end`, `corral_error`).
+    fn headless_line(&mut self, line: &str) -> Vec<AgentEvent> {
+        let marker = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_string));
+        match marker.as_deref() {
+            Some("corral_ready") => return vec![AgentEvent::Ready("headless_runner")],
+            Some("corral_turn_end") => {
+                self.ended = false;
+                self.turns += 1;
+                let (reply, error) = self.verdict.take().unwrap_or((
+                    None,
+                    Some("the CLI ended without a result (interrupted or failed)".into()),
+                ));
+                return vec![AgentEvent::TurnEnd { reply, error }];
+            }
+            Some("corral_error") => {
+                self.ended = true;
+                let v: Value = serde_json::from_str(line).unwrap_or_default();
+                return vec![AgentEvent::TurnEnd {
+                    reply: None,
+                    error: v["message"].as_str().map(str::to_string),
+                }];
+            }
+            _ => {}
+        }
+        let seen = if self.spec.kind == Kind::Codex {
+            codex_exec(line, &self.spec.model, &self.turns.to_string())
+        } else {
+            claude_stream(line)
+        };
+        let mut out = Vec::new();
+        let events: Vec<AgentEvent> = seen.into_iter().filter_map(|s| self.map_seen(s)).collect();
+        for ev in events {
+            match ev {
+                AgentEvent::TurnEnd { reply, error } => self.verdict = Some((reply, error)),
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
     fn map_seen(&mut self, seen: Seen) -> Option<AgentEvent> {
         match seen {
             Seen::Usage(u) => Some(AgentEvent::Usage(u)),
@@ -209,7 +272,16 @@ impl Tail {
                 self.turn_text.push(t);
                 None
             }
-            Seen::TurnEnd { reply, error } => Some(AgentEvent::TurnEnd { reply, error }),
+            Seen::TurnEnd { reply, error } => {
+                self.ended = true;
+                let reply = match (reply, &error) {
+                    (Some(r), _) => Some(r),
+                    (None, None) => self.turn_text.last().cloned(),
+                    (None, Some(_)) => None,
+                };
+                self.turn_text.clear();
+                Some(AgentEvent::TurnEnd { reply, error })
+            }
         }
     }
 

@@ -237,6 +237,13 @@ pub async fn resume(
     Ok((StatusCode::CREATED, Json(st.sup.resume(&r).await?)))
 }
 
+pub async fn interrupt(
+    State(st): State<AppState>,
+    Path(r): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(st.sup.interrupt(&r).await?))
+}
+
 pub async fn attach(
     State(st): State<AppState>,
     Path(r): Path<String>,

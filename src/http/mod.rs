@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{r}/resize", post(api::resize))
         .route("/instances/{r}/attach", get(api::attach))
         .route("/instances/{r}/resume", post(api::resume))
+        .route("/instances/{r}/interrupt", post(api::interrupt))
         .route("/events", get(api::events));
     // Everything but /health and /ready sits behind the Host/Origin/token guard.
     let guarded = Router::new()

@@ -37,7 +37,8 @@ pub struct SpawnArgs {
     /// Milliseconds of output silence after which a message's turn counts as finished (for
     /// commands that print nothing while they work, raise it). Default from the server (800).
     pub turn_quiet_ms: Option<u64>,
-    /// claude/codex: "interactive" (default: the agent's terminal UI, attachable).
+    /// claude/codex: "interactive" (default: the agent's terminal UI, attachable) or
+    /// "headless" (one `claude -p` / `codex exec` run per message, same conversation).
     pub mode: Option<String>,
     /// claude/codex: the model, e.g. "claude-sonnet-4-6" or "gpt-5.5". Default from the server.
     pub model: Option<String>,

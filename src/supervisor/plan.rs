@@ -258,11 +258,7 @@ fn agent_plan(
             ))
         })?,
     };
-    if mode == Mode::Headless {
-        return Err(invalid(
-            "mode = \"headless\" is not available in this corral yet; use mode \"interactive\" (the default)".into(),
-        ));
-    }
+
     if let Some(p) = &req.permission_mode {
         if kind != Kind::Claude {
             return Err(invalid(

@@ -127,15 +127,24 @@ impl Supervisor {
                     .unwrap_or_else(|| info.id.clone());
                 let dir = crate::agent::launch::agent_dir(&self.inner.paths.state_dir, &ws_name);
                 let kind = info.kind;
+                let mode = crate::agent::launch::Mode::parse(
+                    info.mode.as_deref().unwrap_or("interactive"),
+                )
+                .unwrap_or(crate::agent::launch::Mode::Interactive);
+                let headless = mode == crate::agent::launch::Mode::Headless;
                 let spec = crate::agent::launch::WatchSpec {
                     kind,
-                    mode: crate::agent::launch::Mode::Interactive,
+                    mode,
                     config_dir: dir.join(if kind == Kind::Codex {
                         "codex"
                     } else {
                         "claude"
                     }),
-                    hooks_file: dir.join(format!("hooks-{}.jsonl", info.id)),
+                    hooks_file: dir.join(if headless {
+                        format!("turns-{}.jsonl", info.id)
+                    } else {
+                        format!("hooks-{}.jsonl", info.id)
+                    }),
                     session_id: info.session_id.clone(),
                     agent_dir: dir,
                     model: info.model.clone().unwrap_or_else(|| {
@@ -146,7 +155,7 @@ impl Supervisor {
                         }
                     }),
                 };
-                Some(self.link_agent(spec, true, None)?)
+                Some(self.link_agent(spec, !headless, None)?)
             }
             Kind::Command => None,
         };
