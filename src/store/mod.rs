@@ -137,17 +137,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT seq, ts, instance_id, name, kind, data FROM events WHERE seq > ?1 AND ts >= ?2 ORDER BY seq",
         )?;
-        let missing = stmt.query_map(params![last.unwrap_or(0), since_ts], |r| {
-            let data: String = r.get(5)?;
-            Ok(Event {
-                seq: r.get(0)?,
-                ts: r.get(1)?,
-                instance_id: r.get(2)?,
-                name: r.get(3)?,
-                kind: r.get(4)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-            })
-        })?;
+        let missing = stmt.query_map(params![last.unwrap_or(0), since_ts], read_event)?;
         for ev in missing {
             audit.append(&ev?)?;
         }
@@ -400,17 +390,7 @@ impl Store {
                 "SELECT seq, ts, instance_id, name, kind, data FROM events
                  WHERE seq > ?1 AND (?2 IS NULL OR instance_id = ?2) ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, instance_id, limit], |r| {
-                let data: String = r.get(5)?;
-                Ok(Event {
-                    seq: r.get(0)?,
-                    ts: r.get(1)?,
-                    instance_id: r.get(2)?,
-                    name: r.get(3)?,
-                    kind: r.get(4)?,
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                })
-            })?;
+            let rows = stmt.query_map(params![after, instance_id, limit], read_event)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -447,6 +427,19 @@ impl Store {
         })
         .await
     }
+}
+
+/// An `events` row selected as `seq, ts, instance_id, name, kind, data`.
+fn read_event(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = r.get(5)?;
+    Ok(Event {
+        seq: r.get(0)?,
+        ts: r.get(1)?,
+        instance_id: r.get(2)?,
+        name: r.get(3)?,
+        kind: r.get(4)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 fn insert_event(conn: &Connection, mut event: Event) -> Result<Event, StoreError> {
