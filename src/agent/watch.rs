@@ -195,26 +195,45 @@ impl Tail {
                 }
             }
             _ => {
-                let mut files = Vec::new();
-                jsonl_files(&self.spec.config_dir.join("projects"), &mut files, &|_| {
-                    true
-                });
-                // the main transcript before subagent ones, oldest first
-                files.sort_by_key(|p| (p.components().count(), p.clone()));
-                for f in files {
-                    for l in self.new_lines(&f) {
-                        for seen in claude_transcript(&l) {
-                            out.extend(self.map_seen(seen));
-                        }
-                    }
-                }
+                self.read_transcripts(&mut out);
                 let hooks = self.spec.hooks_file.clone();
                 for l in self.new_lines(&hooks) {
+                    // Claude flushes its transcript before it runs the Stop hook: read what it
+                    // wrote since the read above, so the turn's reply is complete.
+                    if l.contains("\"Stop") {
+                        self.read_transcripts(&mut out);
+                    }
                     out.extend(self.hook(&l));
                 }
             }
         }
         out
+    }
+
+    /// New transcript lines: this session's transcript (and its subagents' under `<sid>/`)
+    /// before others, oldest first. Other sessions' files in a shared config dir are skipped.
+    fn read_transcripts(&mut self, out: &mut Vec<AgentEvent>) {
+        let mut files = Vec::new();
+        let sid = self.spec.session_id.clone();
+        jsonl_files(
+            &self.spec.config_dir.join("projects"),
+            &mut files,
+            &|p| match &sid {
+                Some(sid) => {
+                    p.file_stem().is_some_and(|s| s == sid.as_str())
+                        || p.components().any(|c| c.as_os_str() == sid.as_str())
+                }
+                None => true,
+            },
+        );
+        files.sort_by_key(|p| (p.components().count(), p.clone()));
+        for f in files {
+            for l in self.new_lines(&f) {
+                for seen in claude_transcript(&l) {
+                    out.extend(self.map_seen(seen));
+                }
+            }
+        }
     }
 
     /// A line of a headless instance's turns file: the CLI's own output, or the runner's

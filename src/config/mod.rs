@@ -62,6 +62,9 @@ pub struct AgentsConfig {
     /// Seconds an interactive agent may take to report ready (SessionStart hook, or the banner
     /// for Codex) before the spawn counts as failed.
     pub start_timeout_s: f64,
+    /// Milliseconds an agent whose readiness is read off the screen (Codex's banner) must
+    /// stay up after it before it counts as ready: the TUI draws before it takes input.
+    pub ready_settle_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -265,6 +268,7 @@ impl Default for AgentsConfig {
             codex: AgentKindConfig::default(),
             enter_delay_ms: 300,
             start_timeout_s: 60.0,
+            ready_settle_ms: 500,
         }
     }
 }

@@ -92,6 +92,13 @@ impl Config {
                 "must be >0 and ≤600",
             );
         }
+        if self.agents.ready_settle_ms > 60_000 {
+            return bad(
+                "agents.ready_settle_ms",
+                &self.agents.ready_settle_ms,
+                "must be 0-60000",
+            );
+        }
         if self.agents.enter_delay_ms > 10_000 {
             return bad(
                 "agents.enter_delay_ms",

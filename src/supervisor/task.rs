@@ -327,7 +327,16 @@ impl Task {
                 }
                 if re.is_match(&self.scan) || re.is_match(&strip_ansi(&self.scan)) {
                     self.scan = Vec::new();
-                    self.become_ready("ready_pattern").await;
+                    if self.agent.is_some() {
+                        // A TUI shows its banner a moment before it takes input: settle first.
+                        if self.timers.settle_deadline.is_none() {
+                            let settle =
+                                Duration::from_millis(self.inner.cfg.agents.ready_settle_ms);
+                            self.timers.settle_deadline = Some(Instant::now() + settle);
+                        }
+                    } else {
+                        self.become_ready("ready_pattern").await;
+                    }
                 }
             }
         }
