@@ -15,7 +15,7 @@ fn claude_lines(bytes: usize) -> Vec<String> {
     let mut total = 0;
     let mut i = 0u64;
     while total < bytes {
-        let v = if i % 3 == 0 {
+        let v = if i.is_multiple_of(3) {
             json!({"parentUuid": null, "isSidechain": false, "userType": "external", "cwd": "/w",
                 "sessionId": "5f0c4c7e-1b7a-4f7e-9a57-2d7c1d2f0a11", "version": "2.1.197",
                 "type": "user", "message": {"role": "user", "content": format!("prompt {i} {}", "x".repeat(120))},
@@ -44,7 +44,7 @@ fn codex_lines(bytes: usize) -> Vec<String> {
     let mut total = 0;
     let mut i = 0u64;
     while total < bytes {
-        let v = if i % 2 == 0 {
+        let v = if i.is_multiple_of(2) {
             json!({"timestamp": "2026-11-22T09:00:00.000Z", "ordinal": i, "type": "response_item",
                 "payload": {"type": "message", "role": "assistant",
                 "content": [{"type": "output_text", "text": format!("reply {i} {}", "z".repeat(300))}]}})
