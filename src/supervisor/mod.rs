@@ -16,6 +16,7 @@ mod plan;
 mod recovery;
 mod spawn;
 mod task;
+mod task_end;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -108,6 +108,7 @@ impl Daemon {
             if start.elapsed() > Duration::from_secs(20) {
                 bail!("daemon did not start: {}", d.log());
             }
+            // deadline-bounded poll for the daemon file (bench harness, not the daemon)
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -167,6 +168,7 @@ impl Daemon {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
                 }
+                // deadline-bounded poll for the daemon to exit (bench harness)
                 std::thread::sleep(Duration::from_millis(2));
             }
             let _ = c.kill();

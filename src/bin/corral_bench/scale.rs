@@ -35,6 +35,7 @@ pub async fn fill(d: &Daemon, prefix: &str, from: usize, to: usize, total: usize
         if start.elapsed() > Duration::from_secs(120) {
             bail!("only {ready} of {total} instances became ready");
         }
+        // deadline-bounded poll of the live count (bench harness)
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -47,6 +48,7 @@ pub async fn rss_samples(pid: i32, window: Duration) -> Vec<f64> {
         if let Some(k) = rss_kib(pid) {
             out.push(k / 1024.0);
         }
+        // the sampling interval of the RSS measurement
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     out
@@ -92,6 +94,7 @@ pub async fn shutdown(n: usize, grace_s: f64) -> Result<(f64, f64)> {
         if exited.is_none() && d.exited() {
             exited = Some(ms(t.elapsed()));
         }
+        // 1 ms poll: the resolution of the shutdown measurement
         std::thread::sleep(Duration::from_millis(1));
     }
     match (gone, exited) {
