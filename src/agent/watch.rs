@@ -44,6 +44,17 @@ pub enum AgentEvent {
 pub struct WatchHandle {
     _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
+    wake: mpsc::Sender<()>,
+}
+
+impl WatchHandle {
+    /// Asks for a rescan. The instance task calls this when the agent prints: a write into a
+    /// directory the agent has only just created (Codex's `sessions/YYYY/MM/DD/`) can come
+    /// before inotify watches that directory, and the terminal output that goes with it is the
+    /// next event we do see.
+    pub fn nudge(&self) {
+        let _ = self.wake.try_send(());
+    }
 }
 
 impl Drop for WatchHandle {
@@ -77,6 +88,7 @@ pub fn spawn(
 ) -> std::io::Result<WatchHandle> {
     std::fs::create_dir_all(&spec.agent_dir)?;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    let nudge = wake_tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Our own reads raise open/access/close events: waking on those would rescan forever.
         if let Ok(ev) = &res {
@@ -120,6 +132,7 @@ pub fn spawn(
     Ok(WatchHandle {
         _watcher: watcher,
         task,
+        wake: nudge,
     })
 }
 

@@ -25,8 +25,8 @@ use crate::model::{InstanceInfo, ReasonCode};
 
 /// An instance task's link to its agent.
 pub(crate) struct AgentLink {
-    /// Keeps the file watcher alive for the task's life.
-    pub _watch: WatchHandle,
+    /// Keeps the file watcher alive for the task's life (and takes nudges).
+    pub watch: WatchHandle,
     pub rx: Option<mpsc::Receiver<AgentEvent>>,
     /// A first message to send once the agent is ready.
     pub pending_prompt: Option<String>,

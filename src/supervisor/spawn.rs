@@ -297,7 +297,7 @@ impl Supervisor {
         let watch = crate::agent::watch::spawn(spec, adopted, tx)
             .map_err(|e| SupervisorError::Backend(format!("watching the agent's files: {e}")))?;
         Ok(agent_task::AgentLink {
-            _watch: watch,
+            watch,
             rx: Some(rx),
             pending_prompt: prompt,
             warned: Default::default(),

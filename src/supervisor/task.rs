@@ -316,6 +316,9 @@ impl Task {
 
     async fn on_output(&mut self, data: &[u8]) {
         self.record_output(data);
+        if let Some(a) = &self.agent {
+            a.watch.nudge();
+        }
         if matches!(self.state, State::Busy) && self.agent.is_none() {
             self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
         }
