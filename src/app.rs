@@ -62,6 +62,7 @@ pub async fn run(
     let sup = Supervisor::start(cfg.clone(), store.clone()).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     write_daemon_file(&paths, &addr.to_string()).context("writing the daemon file")?;
+    sup.set_mcp_url(mcp_url(&cfg, addr));
     store
         .event(daemon_event("daemon_started", json!({ "addr": addr.to_string(), "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") })))
         .await?;
@@ -90,6 +91,8 @@ pub async fn run(
                 tracing::debug!("TCP_NODELAY: {e}");
             }
         });
+        // The peer's address lets the guard tell agents' connections from the operator's.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
             .await
@@ -175,4 +178,22 @@ fn write_daemon_file(paths: &Paths, addr: &str) -> std::io::Result<()> {
         json!({ "addr": addr, "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION") });
     std::fs::write(&partial, body.to_string())?;
     std::fs::rename(&partial, &path)
+}
+
+/// The `/mcp` URL agents are given: `server.mcp_url`, else the bound address (a wildcard bind
+/// is reached on loopback).
+fn mcp_url(cfg: &Config, addr: std::net::SocketAddr) -> String {
+    if !cfg.server.mcp_url.is_empty() {
+        return cfg.server.mcp_url.clone();
+    }
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}/mcp", std::net::SocketAddr::new(ip, addr.port()))
 }

@@ -136,6 +136,8 @@ pub enum ReasonCode {
     TokenCap,
     /// The kernel's OOM killer ended it: its cgroup went over `memory_max`.
     Oom,
+    /// Its parent ended with end policy `cascade`.
+    ParentEnded,
 }
 
 impl ReasonCode {
@@ -152,6 +154,7 @@ impl ReasonCode {
             ReasonCode::CostCap => "cost_cap",
             ReasonCode::TokenCap => "token_cap",
             ReasonCode::Oom => "oom",
+            ReasonCode::ParentEnded => "parent_ended",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -167,6 +170,7 @@ impl ReasonCode {
             ReasonCode::CostCap,
             ReasonCode::TokenCap,
             ReasonCode::Oom,
+            ReasonCode::ParentEnded,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
@@ -245,6 +249,46 @@ pub struct InstanceInfo {
     pub model: Option<String>,
     /// The agent's own session (Claude) or thread (Codex) id, for resuming its conversation.
     pub session_id: Option<String>,
+    /// Its place in a hierarchy of agents (depth, limits, end policy, subtree spend).
+    #[serde(default)]
+    pub tree: TreeInfo,
+}
+
+/// What happens to an instance's live children when it ends.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EndPolicy {
+    /// The children are stopped (and theirs, children first).
+    #[default]
+    Cascade,
+    /// The children keep running and become the operator's (their `parent_id` is cleared).
+    Orphan,
+}
+
+impl EndPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndPolicy::Cascade => "cascade",
+            EndPolicy::Orphan => "orphan",
+        }
+    }
+}
+
+/// An instance's place in its tree. Roots (spawned by the operator) have depth 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TreeInfo {
+    pub depth: u32,
+    /// Live children it may have at once.
+    pub max_children: u32,
+    /// Levels of descendants it may have below it (1: children only).
+    pub max_depth: u32,
+    pub end_policy: EndPolicy,
+    /// USD and tokens of this instance and all its descendants (what its caps count).
+    pub subtree_cost_usd: f64,
+    pub subtree_tokens: crate::agent::prices::Tokens,
 }
 
 /// What a client asks for when spawning.
@@ -292,6 +336,15 @@ pub struct SpawnRequest {
     pub max_tokens: Option<u64>,
     /// Agents being resumed: the conversation to continue (set by `resume`).
     pub resume_session: Option<String>,
+    /// The instance this one belongs to (set by the supervisor for agents' own spawns).
+    pub parent_id: Option<String>,
+    /// Live children this instance may have at once (at most `limits.max_children`).
+    pub max_children: Option<u32>,
+    /// Levels of descendants this instance may have below it (bounded by its ancestors and
+    /// `limits.max_depth`).
+    pub max_depth: Option<u32>,
+    /// What happens to its live children when it ends (default `cascade`).
+    pub end_policy: Option<EndPolicy>,
     /// Wait until the instance is ready (or failed) before answering.
     #[serde(default)]
     pub wait_ready: bool,

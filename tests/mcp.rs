@@ -16,7 +16,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{json, Value};
 
-const TOOLS: [&str; 14] = [
+const TOOLS: [&str; 16] = [
     "spawn_agent",
     "send_message",
     "wait_for_reply",
@@ -31,6 +31,8 @@ const TOOLS: [&str; 14] = [
     "list_files",
     "read_file",
     "attach_command",
+    "reply_to_parent",
+    "read_inbox",
 ];
 
 /// A client that records progress notifications.

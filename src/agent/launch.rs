@@ -79,6 +79,29 @@ pub struct Prepared {
     pub ready_pattern: Option<String>,
 }
 
+/// The variable that holds an instance's MCP token (every kind gets it, with
+/// `CORRAL_MCP_URL`).
+pub const MCP_TOKEN_VAR: &str = "CORRAL_MCP_TOKEN";
+
+/// How an agent reaches corral's own MCP server: the URL and its per-instance token.
+pub struct McpAccess {
+    pub url: String,
+    pub token: String,
+}
+
+/// Writes a file only its owner may read (it holds a token).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 pub fn agent_dir(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join("agents").join(id)
 }
@@ -173,6 +196,7 @@ pub fn prepare(
     id: &str,
     workspace: &Path,
     corral_exe: &Path,
+    mcp: Option<&McpAccess>,
 ) -> std::io::Result<Prepared> {
     std::fs::create_dir_all(dir)?;
     let hooks_file = dir.join(format!("hooks-{id}.jsonl"));
@@ -215,7 +239,7 @@ pub fn prepare(
                 &config_dir.join("settings.json"),
                 &json!({
                     "skipDangerousModePermissionPrompt": true,
-                    "permissions": { "allow": ["Bash", "Edit", "Write", "Read", "Glob", "Grep", "NotebookEdit", "TodoWrite"] },
+                    "permissions": { "allow": ["Bash", "Edit", "Write", "Read", "Glob", "Grep", "NotebookEdit", "TodoWrite", "mcp__corral"] },
                 }),
             )?;
             let hook = format!(
@@ -257,6 +281,17 @@ pub fn prepare(
                 env.insert("IS_SANDBOX".into(), "1".into());
             }
             let mut argv = vec![binary(cfg, Kind::Claude)];
+            if let Some(m) = mcp {
+                // corral's MCP server, with this instance's token, in a file only the agent
+                // reads: the token never appears on a command line or a screen.
+                let file = dir.join(format!("mcp-{id}.json"));
+                let conf = json!({ "mcpServers": { "corral": {
+                    "type": "http", "url": m.url,
+                    "headers": { "Authorization": format!("Bearer {}", m.token) },
+                } } });
+                write_private(&file, &conf.to_string())?;
+                argv.extend(["--mcp-config".into(), file.display().to_string()]);
+            }
             let sid = plan.session_id.clone().unwrap_or_default();
             if plan.mode == Mode::Interactive {
                 // headless: the runner adds the session flags to each `-p` run
@@ -315,6 +350,13 @@ pub fn prepare(
                  [projects.{ws:?}]\ntrust_level = \"trusted\"\n",
                 model = model_name,
             );
+            if let Some(m) = mcp {
+                // The token stays in the environment (Codex refuses one inline in the file).
+                toml_text.push_str(&format!(
+                    "\n[mcp_servers.corral]\nurl = {:?}\nbearer_token_env_var = \"{MCP_TOKEN_VAR}\"\n",
+                    m.url
+                ));
+            }
             if !ac.config_toml.is_empty() {
                 toml_text.push('\n');
                 toml_text.push_str(&ac.config_toml);
@@ -426,6 +468,10 @@ mod tests {
             "i1",
             &ws,
             Path::new("/usr/bin/corral"),
+            Some(&McpAccess {
+                url: "http://127.0.0.1:8001/mcp".into(),
+                token: "crl_secret-token".into(),
+            }),
         )
         .unwrap();
         assert_eq!(
@@ -462,6 +508,22 @@ mod tests {
                 && hooks.contains("\"Stop\"")
         );
         assert!(!hooks.contains("sk-ant"), "no secret in seeded files");
+        // corral's MCP server: registered through a private file, the token in no argument
+        let i = p.argv.iter().position(|a| a == "--mcp-config").unwrap();
+        let file = Path::new(&p.argv[i + 1]);
+        assert!(p.argv.iter().all(|a| !a.contains("crl_secret")));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let conf: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(
+            conf["mcpServers"]["corral"]["headers"]["Authorization"],
+            "Bearer crl_secret-token"
+        );
+        assert_eq!(conf["mcpServers"]["corral"]["type"], "http");
     }
 
     #[test]
@@ -487,6 +549,10 @@ mod tests {
             "i2",
             Path::new("/w/x"),
             Path::new("corral"),
+            Some(&McpAccess {
+                url: "http://127.0.0.1:8001/mcp".into(),
+                token: "crl_secret-token".into(),
+            }),
         )
         .unwrap();
         let text = std::fs::read_to_string(dir.path().join("codex/config.toml")).unwrap();
@@ -501,6 +567,18 @@ mod tests {
             Some("trusted")
         );
         assert!(v["model_providers"]["mock"].is_table());
+        assert_eq!(
+            v["mcp_servers"]["corral"]["url"].as_str(),
+            Some("http://127.0.0.1:8001/mcp")
+        );
+        assert_eq!(
+            v["mcp_servers"]["corral"]["bearer_token_env_var"].as_str(),
+            Some(MCP_TOKEN_VAR)
+        );
+        assert!(
+            !text.contains("crl_secret"),
+            "the token stays out of the file"
+        );
         assert_eq!(p.argv, ["codex"]);
         assert!(p.ready_pattern.is_some());
     }

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     /// Extra `Host` header values accepted (loopback names and `host` always are). With a
     /// token and a non-loopback bind, an empty list accepts any Host (the token protects).
     pub allowed_hosts: Vec<String>,
+    /// The `/mcp` URL agents are given to reach corral. Empty: derived from the bound address
+    /// (a wildcard bind becomes 127.0.0.1).
+    pub mcp_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -135,6 +138,10 @@ pub struct LimitsConfig {
     /// What reaching a cap does: `pause` (interrupt the turn, refuse messages until the
     /// budget is raised) or `terminate`.
     pub on_cap: String,
+    /// Live children one instance may have at once (a spawn may lower it per instance).
+    pub max_children: u32,
+    /// Levels below an operator-spawned instance (1: its children may not spawn).
+    pub max_depth: u32,
     /// Per-instance cgroup memory (`memory.max` / `memory.limit_in_bytes`); "max" or "0": none.
     pub memory_max: String,
     /// Per-instance cgroup swap (`memory.swap.max`; v1: memsw = memory + swap); "max": none.
@@ -187,6 +194,9 @@ pub struct InstanceConfig {
     /// Terminal size for new instances.
     pub cols: u16,
     pub rows: u16,
+    /// What happens to an instance's live children when it ends: `cascade` (they are
+    /// stopped) or `orphan` (they keep running as the operator's). A spawn may choose.
+    pub end_policy: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +267,7 @@ impl Default for ServerConfig {
             token: String::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            mcp_url: String::new(),
         }
     }
 }
@@ -281,6 +292,8 @@ impl Default for LimitsConfig {
             max_cost_usd_per_instance: 0.0,
             max_tokens_per_instance: 0,
             on_cap: "pause".into(),
+            max_children: 10,
+            max_depth: 3,
             memory_max: "4G".into(),
             memory_swap_max: "0".into(),
             pids_max: 1024,
@@ -330,6 +343,7 @@ impl Default for InstanceConfig {
             log_keep: 3,
             cols: 200,
             rows: 50,
+            end_policy: "cascade".into(),
         }
     }
 }

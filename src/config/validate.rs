@@ -40,6 +40,11 @@ impl Config {
                 "server.token: must be at least 16 characters (value not shown)".into(),
             ));
         }
+        if self.server.token.starts_with("crl_") {
+            return Err(ConfigError::Invalid(
+                "server.token: must not start with \"crl_\", the prefix of per-instance tokens (value not shown)".into(),
+            ));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_total_cost_usd", l.max_total_cost_usd),
@@ -57,6 +62,28 @@ impl Config {
                 "limits.on_cap",
                 &l.on_cap,
                 "must be \"pause\" or \"terminate\"",
+            );
+        }
+        if !matches!(self.instance.end_policy.as_str(), "cascade" | "orphan") {
+            return bad(
+                "instance.end_policy",
+                &self.instance.end_policy,
+                "must be \"cascade\" or \"orphan\"",
+            );
+        }
+        if l.max_depth == 0 {
+            return bad(
+                "limits.max_depth",
+                &0,
+                "must be at least 1 (1: instances the operator spawns may have children, their children none; limits.max_children = 0 forbids children)",
+            );
+        }
+        let url = &self.server.mcp_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return bad(
+                "server.mcp_url",
+                &self.server.mcp_url,
+                "must be an http:// or https:// URL (e.g. http://127.0.0.1:8001/mcp)",
             );
         }
         for (kind, a) in [

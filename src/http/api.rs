@@ -199,6 +199,9 @@ pub struct StopBody {
     grace_s: Option<f64>,
     #[serde(default = "yes")]
     wait: bool,
+    /// Stop the whole subtree, deepest first (always waits).
+    #[serde(default)]
+    cascade: bool,
 }
 
 pub async fn stop(
@@ -209,8 +212,17 @@ pub async fn stop(
     let b = body.map(|Json(b)| b).unwrap_or(StopBody {
         grace_s: None,
         wait: true,
+        cascade: false,
     });
-    Ok(Json(st.sup.stop(&r, b.grace_s, b.wait).await?))
+    if b.cascade {
+        let (info, below) = st.sup.terminate_tree(&r, b.grace_s).await?;
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        v["cascade"] = json!(below);
+        return Ok(Json(v));
+    }
+    Ok(Json(
+        serde_json::to_value(st.sup.stop(&r, b.grace_s, b.wait).await?).unwrap_or_default(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -234,7 +246,14 @@ pub async fn resume(
     State(st): State<AppState>,
     Path(r): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(st.sup.resume(&r).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            st.sup
+                .resume(&crate::supervisor::Caller::Operator, &r)
+                .await?,
+        ),
+    ))
 }
 
 pub async fn interrupt(

@@ -1,14 +1,19 @@
-//! Request guards for /api (and later /mcp): Origin validation against DNS rebinding and
-//! cross-site calls, and bearer-token authentication with a constant-time comparison.
-
-use std::sync::Arc;
+//! Request guards for /api, /mcp, /metrics and the status page: Host and Origin validation
+//! against DNS rebinding and cross-site calls, and bearer-token authentication (constant-time
+//! comparison for the operator's token; per-instance MCP tokens by digest lookup). The
+//! caller it identifies goes into the request's extensions for the handlers.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use crate::config::Config;
+use crate::supervisor::Caller;
+
+/// How per-instance tokens start (a configured operator token never should).
+const INSTANCE_TOKEN_PREFIX: &str = "crl_";
 
 /// Compares without an early exit on the first differing byte (the length is not secret).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -80,7 +85,29 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     Some(s.split_once(':').map_or(s.clone(), |(_, p)| p.to_string()))
 }
 
-pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Box<Response>> {
+fn unauthorized(msg: &str) -> Box<Response> {
+    Box::new(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"corral\", Basic realm=\"corral\"",
+            )],
+            axum::Json(serde_json::json!({ "error": msg, "code": "unauthorized" })),
+        )
+            .into_response(),
+    )
+}
+
+/// Checks Host, Origin and the token, and says who is calling: the operator (its token, or
+/// anyone where no token is configured) or an agent (its per-instance MCP token, accepted at
+/// `/mcp` only). `token_caller` maps a per-instance token to its agent.
+pub fn check(
+    headers: &HeaderMap,
+    cfg: &Config,
+    is_mcp: bool,
+    token_caller: impl Fn(&str) -> Option<Caller>,
+) -> Result<Caller, Box<Response>> {
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         if !host_allowed(host, cfg) {
@@ -94,45 +121,72 @@ pub fn check(headers: &HeaderMap, cfg: &Config) -> Result<(), Box<Response>> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(origin, cfg) {
-            return Err(Box::new((
+            return Err(deny(
                 StatusCode::FORBIDDEN,
-                axum::Json(serde_json::json!({
-                    "error": format!("origin {origin:?} is not allowed (server.allowed_origins)"),
-                    "code": "forbidden_origin"
-                })),
-            )
-                .into_response()));
+                "forbidden_origin",
+                format!("origin {origin:?} is not allowed (server.allowed_origins)"),
+            ));
         }
+    }
+    let given = presented_token(headers);
+    if let Some(t) = given
+        .as_deref()
+        .filter(|t| t.starts_with(INSTANCE_TOKEN_PREFIX))
+    {
+        return match token_caller(t) {
+            Some(c) if is_mcp => Ok(c),
+            Some(_) => Err(deny(
+                StatusCode::FORBIDDEN,
+                "instance_token",
+                "an instance's token is valid only at /mcp".into(),
+            )),
+            None => Err(unauthorized(
+                "unknown or revoked instance token (instance tokens end with their instance)",
+            )),
+        };
     }
     let token = &cfg.server.token;
     if token.is_empty() {
-        return Ok(());
+        return Ok(Caller::Operator);
     }
-    let given = presented_token(headers).unwrap_or_default();
+    let given = given.unwrap_or_default();
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Ok(());
+        return Ok(Caller::Operator);
     }
-    Err(Box::new(
-        (
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::WWW_AUTHENTICATE,
-                "Bearer realm=\"corral\", Basic realm=\"corral\"",
-            )],
-            axum::Json(serde_json::json!({
-                "error": "missing or wrong bearer token (Authorization: Bearer <server.token>)",
-                "code": "unauthorized"
-            })),
-        )
-            .into_response(),
+    Err(unauthorized(
+        "missing or wrong bearer token (Authorization: Bearer <server.token>)",
     ))
 }
 
-pub async fn middleware(State(cfg): State<Arc<Config>>, req: Request, next: Next) -> Response {
-    if let Err(resp) = check(req.headers(), &cfg) {
-        return *resp;
+pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let is_mcp = req.uri().path().starts_with("/mcp");
+    match check(req.headers(), &st.cfg, is_mcp, |t| {
+        st.sup.caller_for_token(t)
+    }) {
+        Ok(Caller::Operator) if st.cfg.server.token.is_empty() && from_an_agent(&req, &st) => {
+            *unauthorized(
+                "agents must present their own instance token (CORRAL_MCP_TOKEN); without one they get nothing here",
+            )
+        }
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(resp) => *resp,
     }
-    next.run(req).await
+}
+
+/// Where no operator token is configured, loopback is the operator's, except for the agents:
+/// a connection whose socket belongs to an agent's UID is one (see `peer.rs`).
+fn from_an_agent(req: &Request, st: &AppState) -> bool {
+    let Some(axum::extract::ConnectInfo(peer)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    else {
+        return false;
+    };
+    peer.ip().is_loopback()
+        && super::peer::tcp_peer_uid(*peer).is_some_and(|uid| st.sup.is_agent_uid(uid))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod api;
 pub mod error;
 pub mod guard;
+mod peer;
 mod status;
 
 use std::sync::Arc;
@@ -89,7 +90,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(delete_ok)),
         )
         .layer(axum::middleware::from_fn_with_state(
-            state.cfg.clone(),
+            state.clone(),
             guard::middleware,
         ));
     Router::new()

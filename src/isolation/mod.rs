@@ -142,6 +142,11 @@ impl Isolation {
     }
 
     /// The configured limits (a spawn may lower them).
+    /// Whether processes of `uid` are agents (the agent user, or a UID of `agent.uid_range`).
+    pub fn is_agent_uid(&self, uid: u32) -> bool {
+        self.policy.is_agent_uid(uid)
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

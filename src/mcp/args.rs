@@ -65,6 +65,20 @@ pub struct SpawnArgs {
     /// Default from the server's config; a server that confines every instance cannot be
     /// overridden with false.
     pub landlock: Option<bool>,
+    /// The instance the new one belongs to (id or name). An agent calling with its own token
+    /// spawns under itself by default and may name only itself or a descendant; the operator
+    /// may name any running instance. Default for the operator: none (a root).
+    pub parent_id: Option<String>,
+    /// Live children the new instance may have at once. Default and maximum: the server's
+    /// limits.max_children.
+    pub max_children: Option<u32>,
+    /// Levels of descendants the new instance may have below it (1: children but no
+    /// grandchildren). At most what its parent has left.
+    pub max_depth: Option<u32>,
+    /// What happens to the new instance's running children when it ends: "cascade" (they are
+    /// stopped, children first; the default) or "orphan" (they keep running and become the
+    /// operator's).
+    pub end_policy: Option<crate::model::EndPolicy>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -126,6 +140,11 @@ pub struct ListArgs {
     /// Only instances in this state (starting, ready, busy, paused, stopping, exited, killed,
     /// failed, lost).
     pub state: Option<String>,
+    /// Only the direct children of this instance (id or name).
+    pub parent: Option<String>,
+    /// Return the instances as a tree: each with a "children" list, roots at the top level
+    /// (for an agent: its own children). Default false: a flat list.
+    pub tree: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -136,6 +155,9 @@ pub struct TerminateArgs {
     /// Seconds between the polite signal (SIGTERM to its process group) and SIGKILL, 0-3600.
     /// Default from the server's config (10).
     pub grace_s: Option<f64>,
+    /// Stop its whole subtree, deepest descendants first, and wait for all of it. Default
+    /// false (its running children then follow its end policy).
+    pub cascade: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -152,8 +174,28 @@ pub struct BudgetArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageArgs {
-    /// One instance's id or name. Default: the whole fleet.
+    /// One instance's id or name. Default: the whole fleet (for an agent: its subtree).
     pub instance: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyArgs {
+    /// The message for the parent (at most 65536 bytes): a result, a question, a status.
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxArgs {
+    /// Operator only: read this instance's inbox (id or name) instead of the operator's own.
+    pub instance: Option<String>,
+    /// Only messages with an id greater than this. Default 0.
+    pub after_id: Option<i64>,
+    /// Only messages not read before. Default true. Reading marks messages read.
+    pub unread_only: Option<bool>,
+    /// At most this many messages, 1-500. Default 50.
+    pub max: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

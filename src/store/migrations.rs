@@ -85,6 +85,23 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX usage_instance ON usage(instance_id, id);
     "#,
+    // v4: hierarchies: the tree's limits and subtree spend, per-instance MCP tokens (their
+    // SHA-256, while live), and the inboxes children report to
+    r#"
+    ALTER TABLE instances ADD COLUMN tree TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE instances ADD COLUMN token_sha256 TEXT;
+    CREATE INDEX instances_parent ON instances(parent_id);
+    CREATE TABLE inbox (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts        INTEGER NOT NULL,
+        to_id     TEXT REFERENCES instances(id),
+        from_id   TEXT NOT NULL REFERENCES instances(id),
+        from_name TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        read_at   INTEGER
+    );
+    CREATE INDEX inbox_to ON inbox(to_id, id);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -7,6 +7,9 @@
 //! client has been told is on disk.
 
 mod migrations;
+mod tree;
+
+pub use tree::InboxMessage;
 
 use std::path::{Path, PathBuf};
 
@@ -184,10 +187,10 @@ impl Store {
                     reason_detail, exit_code, exit_signal, pid, argv, env_keys, spec, workspace,
                     tmux_session, idle_timeout_s, wall_timeout_s, created_at, started_at,
                     ended_at, last_activity_at, output_bytes, turns, cost_usd, pid_start, boot_id,
-                    tokens, max_cost_usd, max_tokens, mode, model, session_id)
+                    tokens, max_cost_usd, max_tokens, mode, model, session_id, tree)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                    ?33)",
+                    ?33, ?34)",
                 params![
                     info.id,
                     info.name,
@@ -222,6 +225,7 @@ impl Store {
                     info.mode,
                     info.model,
                     info.session_id,
+                    serde_json::to_string(&info.tree).unwrap_or_default(),
                 ],
             )?;
             let event = insert_event(&tx, event)?;
@@ -463,7 +467,7 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
             exit_signal = ?6, pid = ?7, tmux_session = ?8, started_at = ?9, ended_at = ?10,
             last_activity_at = ?11, output_bytes = ?12, turns = ?13, cost_usd = ?14,
             pid_start = ?15, boot_id = ?16, tokens = ?17, max_cost_usd = ?18, max_tokens = ?19,
-            session_id = ?20
+            session_id = ?20, parent_id = ?21, tree = ?22
          WHERE id = ?1",
         params![
             info.id,
@@ -486,6 +490,8 @@ fn update_instance(conn: &Connection, info: &InstanceInfo) -> Result<(), StoreEr
             info.max_cost_usd,
             info.max_tokens.map(|v| v as i64),
             info.session_id,
+            info.parent_id,
+            serde_json::to_string(&info.tree).unwrap_or_default(),
         ],
     )?;
     Ok(())
@@ -545,6 +551,10 @@ fn read_instance(r: &Row<'_>) -> Result<InstanceInfo, StoreError> {
         mode: r.get("mode")?,
         model: r.get("model")?,
         session_id: r.get("session_id")?,
+        tree: {
+            let t: String = r.get("tree")?;
+            serde_json::from_str(&t).map_err(|e| corrupt(format!("tree: {e}")))?
+        },
     })
 }
 
@@ -644,6 +654,40 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 1);
+    }
+
+    #[test]
+    fn migrates_a_v3_database_with_agents_to_hierarchies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/db/v3.sql"))
+            .unwrap();
+        drop(conn);
+        let conn = open_connection(&path, "full").unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema_version());
+        let info = conn
+            .query_row("SELECT * FROM instances WHERE id = 'v3agent001'", [], |r| {
+                Ok(read_instance(r))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.name, "old-agent");
+        assert_eq!(info.tokens.cache_write, 17454);
+        assert_eq!(info.tree, crate::model::TreeInfo::default(), "a root");
+        // what the caps count: its own spend, until a descendant adds to it
+        assert_eq!(crate::supervisor::tree::subtree_spend(&info).0, 0.1179625);
+        let inbox: i64 = conn
+            .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(inbox, 0);
+        let usage: f64 = conn
+            .query_row("SELECT sum(cost_usd) FROM usage", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(usage, 0.1179625);
     }
 
     #[test]

@@ -52,16 +52,13 @@ pub fn cap_level(used: f64, limit: Option<f64>) -> CapLevel {
     }
 }
 
-/// The caps an instance is over, as (name, reason).
+/// The caps an instance is over (counting its subtree's spend), as (name, reason).
 fn over_caps(info: &InstanceInfo) -> Option<(&'static str, ReasonCode)> {
-    if cap_level(info.cost_usd, info.max_cost_usd) == CapLevel::Reached {
+    let (cost, tokens) = super::tree::subtree_spend(info);
+    if cap_level(cost, info.max_cost_usd) == CapLevel::Reached {
         return Some(("max_cost_usd", ReasonCode::CostCap));
     }
-    if cap_level(
-        info.tokens.total() as f64,
-        info.max_tokens.map(|t| t as f64),
-    ) == CapLevel::Reached
-    {
+    if cap_level(tokens as f64, info.max_tokens.map(|t| t as f64)) == CapLevel::Reached {
         return Some(("max_tokens", ReasonCode::TokenCap));
     }
     None
@@ -125,6 +122,7 @@ impl Task {
                 return;
             }
         }
+        super::tree::add_to_subtree(&mut self.info, cost, &rec.tokens);
         self.info.tokens.add(&rec.tokens);
         self.info.cost_usd += cost;
         self.commit(
@@ -139,16 +137,19 @@ impl Task {
         if priced_by == "unpriced" {
             warn!(model = %rec.model, "no price for this model; add it under [prices] to count its cost");
         }
+        self.inner.roll_up(&self.info.id, cost, rec.tokens).await;
         self.inner.add_fleet_cost(cost).await;
         self.check_caps().await;
     }
 
-    async fn check_caps(&mut self) {
+    /// Warns at 80% and acts at 100% of the instance's caps, counting its subtree's spend.
+    pub(crate) async fn check_caps(&mut self) {
+        let (cost, tokens) = super::tree::subtree_spend(&self.info);
         let caps = [
-            ("max_cost_usd", self.info.cost_usd, self.info.max_cost_usd),
+            ("max_cost_usd", cost, self.info.max_cost_usd),
             (
                 "max_tokens",
-                self.info.tokens.total() as f64,
+                tokens as f64,
                 self.info.max_tokens.map(|t| t as f64),
             ),
         ];
@@ -167,6 +168,8 @@ impl Task {
         }
         if let Some((cap, reason)) = over_caps(&self.info) {
             self.cap_reached(cap, reason).await;
+            // Its descendants spend against the same cap: they stop too.
+            self.inner.cap_subtree(&self.info.id);
         }
     }
 
@@ -180,8 +183,11 @@ impl Task {
         if matches!(self.state, State::Paused) || next(&self.state, &Input::Pause).is_err() {
             return;
         }
-        if let Err(e) = self.control.interrupt().await {
-            warn!(error = %e, "interrupting the turn at the cap failed");
+        // Only a running turn is interrupted: Ctrl-C to an idle TUI may quit it (Codex).
+        if self.current_turn.is_some() {
+            if let Err(e) = self.control.interrupt().await {
+                warn!(error = %e, "interrupting the turn at the cap failed");
+            }
         }
         let turn = self.current_turn.take();
         if let Some(seq) = turn {
@@ -262,15 +268,12 @@ impl Task {
         if let Some(t) = max_tokens {
             self.info.max_tokens = Some(t);
         }
+        let (cost, tokens) = super::tree::subtree_spend(&self.info);
         if let Some(a) = self.agent.as_mut() {
-            if cap_level(self.info.cost_usd, self.info.max_cost_usd) == CapLevel::Under {
+            if cap_level(cost, self.info.max_cost_usd) == CapLevel::Under {
                 a.warned.remove("max_cost_usd");
             }
-            if cap_level(
-                self.info.tokens.total() as f64,
-                self.info.max_tokens.map(|t| t as f64),
-            ) == CapLevel::Under
-            {
+            if cap_level(tokens as f64, self.info.max_tokens.map(|t| t as f64)) == CapLevel::Under {
                 a.warned.remove("max_tokens");
             }
         }
@@ -279,9 +282,18 @@ impl Task {
             json!({ "max_cost_usd": self.info.max_cost_usd, "max_tokens": self.info.max_tokens }),
         )
         .await;
+        self.resume_if_clear().await;
+        // Descendants paused by this cap may go on too.
+        self.inner.recheck_subtree(&self.info.id);
+        Ok(self.info.clone())
+    }
+
+    /// A paused instance resumes once no cap is reached: its own, an ancestor's, the fleet's.
+    pub(crate) async fn resume_if_clear(&mut self) {
         if matches!(self.state, State::Paused)
             && over_caps(&self.info).is_none()
             && !self.inner.fleet_over_cap()
+            && self.inner.capped_ancestor(&self.info.id).is_none()
         {
             let _ = self
                 .transition(
@@ -291,7 +303,6 @@ impl Task {
                 )
                 .await;
         }
-        Ok(self.info.clone())
     }
 }
 

@@ -17,6 +17,8 @@ mod recovery;
 mod spawn;
 mod task;
 mod task_end;
+mod tokens;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,7 @@ use task::{lock, Ctl, Shared, Timers};
 
 pub use io::{AttachInfo, Follow, OutputTail, TurnOutcome, MAX_OUTPUT_BYTES};
 pub use task::TurnStatus;
+pub use tree::Caller;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -88,6 +91,8 @@ struct TaskStart {
 /// A live slot: reserved at spawn, filled once the task runs, removed when it ends.
 struct Slot {
     name: String,
+    /// The live parent (None: the operator's).
+    parent: Option<String>,
     handle: Option<Handle>,
 }
 
@@ -107,6 +112,12 @@ pub(crate) struct Inner {
     fleet_cost: Mutex<f64>,
     fleet_warned: AtomicBool,
     fleet_paused: AtomicBool,
+    /// Per-instance MCP tokens (digests).
+    pub tokens: tokens::TokenRegistry,
+    /// Messages children post to their parents' inboxes.
+    pub inbox: broadcast::Sender<crate::store::InboxMessage>,
+    /// The `/mcp` URL agents are given, once the server is bound.
+    pub mcp_url: std::sync::OnceLock<String>,
 }
 
 impl Inner {
@@ -211,6 +222,9 @@ impl Supervisor {
             fleet_cost: Mutex::new(0.0),
             fleet_warned: AtomicBool::new(false),
             fleet_paused: AtomicBool::new(false),
+            tokens: Default::default(),
+            inbox: broadcast::channel(256).0,
+            mcp_url: Default::default(),
             cfg,
         });
         *lock(&inner.fleet_cost) = inner.store.fleet_cost().await.unwrap_or(0.0);
@@ -226,6 +240,25 @@ impl Supervisor {
 
     pub fn config(&self) -> &Config {
         &self.inner.cfg
+    }
+
+    /// Tells the supervisor where agents reach `/mcp` (once the server is bound); agents
+    /// spawned from then on get it registered with their own token.
+    pub fn set_mcp_url(&self, url: String) {
+        let _ = self.inner.mcp_url.set(url);
+    }
+
+    /// Whether `uid` is an agent's (and not the daemon's own).
+    pub fn is_agent_uid(&self, uid: u32) -> bool {
+        uid != nix::unistd::geteuid().as_raw() && self.inner.isolation.is_agent_uid(uid)
+    }
+
+    /// The caller a bearer token identifies, if it is a live instance's MCP token.
+    pub fn caller_for_token(&self, token: &str) -> Option<Caller> {
+        self.inner
+            .tokens
+            .lookup(token)
+            .map(|id| Caller::Agent { id })
     }
 
     pub fn paths(&self) -> &Paths {
@@ -248,8 +281,28 @@ impl Supervisor {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SupervisorError::ShuttingDown);
         }
+        let mut req = req;
+        if let Some(p) = req.parent_id.take() {
+            // By id or name; it must be live.
+            let info = self.handle(&p).map(|h| h.shared.info.borrow().clone());
+            let info = info.ok_or_else(|| {
+                SupervisorError::State(format!(
+                    "parent {p:?} is not running; children can be spawned only under a live instance"
+                ))
+            })?;
+            req.parent_id = Some(info.id);
+        }
         let wait_ready = req.wait_ready;
-        let plan = plan::plan(&self.inner.cfg, self.inner.isolation.limits(), req)?;
+        let explicit_cap = req.max_cost_usd;
+        let tree = self.plan_tree(&req, explicit_cap)?;
+        let mut plan = plan::plan(&self.inner.cfg, self.inner.isolation.limits(), req)?;
+        plan.tree = tree;
+        if let (None, Some(pid), Some(cap)) = (explicit_cap, &plan.parent_id, plan.max_cost_usd) {
+            // A default cap never gives a child more than its ancestors have left.
+            if let Some((left, _)) = self.budget_left(pid) {
+                plan.max_cost_usd = Some(cap.min(left));
+            }
+        }
         if plan.agent.is_some() && self.inner.fleet_over_cap() {
             return Err(SupervisorError::LimitReached(format!(
                 "the fleet has spent ${:.2} of limits.max_total_cost_usd = ${:.2}; no new agents",
@@ -262,12 +315,13 @@ impl Supervisor {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}-{id}", plan.kind.as_str()));
-        self.reserve(&id, &name)?;
+        self.reserve(&id, &name, plan.parent_id.as_deref(), true)?;
         let result = self.launch(&id, &name, plan).await;
         let info = match result {
             Ok(info) => info,
             Err(e) => {
                 self.inner.remove_live(&id);
+                self.inner.tokens.revoke(&id);
                 return Err(e);
             }
         };

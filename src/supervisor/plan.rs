@@ -45,6 +45,9 @@ pub struct Plan {
     /// Effective limits (the configured ones, lowered by the request).
     pub limits: Limits,
     pub landlock: bool,
+    /// The parent (None: the operator's) and the place in the tree (set by the supervisor).
+    pub parent_id: Option<String>,
+    pub tree: crate::model::TreeInfo,
     /// As requested, for `resume`.
     limits_req: Option<LimitsRequest>,
     landlock_req: Option<bool>,
@@ -235,6 +238,8 @@ pub fn plan(
         max_tokens,
         limits,
         landlock,
+        parent_id: req.parent_id,
+        tree: Default::default(),
         limits_req: req.limits,
         landlock_req: req.landlock,
     };
@@ -432,6 +437,10 @@ impl Plan {
             "max_tokens": self.max_tokens,
             "limits": self.limits_req,
             "landlock": self.landlock_req,
+            "parent_id": self.parent_id,
+            "max_children": self.tree.max_children,
+            "max_depth": self.tree.max_depth,
+            "end_policy": self.tree.end_policy,
         })
         .to_string()
     }

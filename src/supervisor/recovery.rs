@@ -12,7 +12,7 @@ use tracing::warn;
 use super::instance::State;
 use super::output::read_log_tail;
 use super::task::Timers;
-use super::{not_found, Supervisor, SupervisorError, TaskStart};
+use super::{not_found, Caller, Supervisor, SupervisorError, TaskStart};
 use crate::backend::{self, parse_signal};
 use crate::model::{
     now_ms, BackendKind, Event, InstanceInfo, Kind, ReasonCode, SpawnRequest, StateName,
@@ -22,6 +22,7 @@ impl Supervisor {
     /// Settles every instance the store records as live: adopt it if its tmux pane is still
     /// the recorded process, else stop whatever is left of it and mark it `lost`.
     pub(super) async fn recover(&self) -> Result<(), SupervisorError> {
+        let mut lost = Vec::new();
         for info in self.inner.store.list_instances(true).await? {
             match self.try_adopt(&info).await {
                 Ok(true) => continue,
@@ -29,7 +30,19 @@ impl Supervisor {
                 Err(e) => warn!(id = %info.id, error = %e, "adoption failed"),
             }
             self.inner.remove_live(&info.id);
+            lost.push(info.clone());
             self.mark_lost(info).await?;
+        }
+        // Adopted agents keep their MCP tokens; every other token is void.
+        self.inner.store.revoke_ended_tokens().await?;
+        for (digest, id) in self.inner.store.live_token_digests().await? {
+            if self.handle(&id).is_some() {
+                self.inner.tokens.restore(digest, id);
+            }
+        }
+        // Adopted children of a parent that was lost follow its end policy.
+        for info in &lost {
+            self.inner.after_end(info);
         }
         self.remove_stale_pipes();
         Ok(())
@@ -75,7 +88,7 @@ impl Supervisor {
             warn!(id = %info.id, pid, "pane pid is not the recorded process (start time or boot differs); not adopting");
             return Ok(false);
         }
-        self.reserve(&info.id, &info.name)?;
+        self.reserve(&info.id, &info.name, info.parent_id.as_deref(), false)?;
         let launched = backend::adopt_tmux(
             tmux,
             session,
@@ -244,8 +257,10 @@ impl Supervisor {
 
     /// Starts an ended instance again: the same command, environment and settings, in the
     /// same workspace and under the same name, as a new instance (ids are never reused).
-    pub async fn resume(&self, r: &str) -> Result<InstanceInfo, SupervisorError> {
-        let old = self.get(r).await?;
+    /// A resumed child stays under its parent while that one lives; otherwise it goes to the
+    /// caller (an agent resuming a descendant adopts it; the operator gets a root).
+    pub async fn resume(&self, caller: &Caller, r: &str) -> Result<InstanceInfo, SupervisorError> {
+        let old = self.resolve(caller, r).await?;
         if old.state.is_live() {
             return Err(SupervisorError::State(format!(
                 "instance {:?} is {}; only an ended instance can be resumed",
@@ -269,6 +284,17 @@ impl Supervisor {
             .and_then(|p| p.to_str())
             .map(str::to_string);
         req.wait_ready = false;
+        let parent_live = req
+            .parent_id
+            .as_deref()
+            .is_some_and(|p| self.handle(p).is_some());
+        if !parent_live {
+            req.max_depth = None;
+            req.parent_id = match caller {
+                Caller::Operator => None,
+                Caller::Agent { id } => Some(id.clone()),
+            };
+        }
         if old.kind.is_agent() {
             req.resume_session = old.session_id.clone();
         }

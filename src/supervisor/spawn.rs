@@ -27,7 +27,15 @@ impl Supervisor {
         ))
     }
 
-    pub(super) fn reserve(&self, id: &str, name: &str) -> Result<(), SupervisorError> {
+    /// Takes a live slot for a new instance: its name must be free, and the fleet's
+    /// `max_instances` and (with `check_parent`) the parent's `max_children` must allow it.
+    pub(super) fn reserve(
+        &self,
+        id: &str,
+        name: &str,
+        parent: Option<&str>,
+        check_parent: bool,
+    ) -> Result<(), SupervisorError> {
         let mut live = lock(&self.inner.live);
         if live.values().any(|s| s.name == name) {
             return Err(SupervisorError::Conflict(format!(
@@ -40,10 +48,28 @@ impl Supervisor {
                 "limits.max_instances = {max} instances are already live; stop one first"
             )));
         }
+        if let (Some(p), true) = (parent, check_parent) {
+            let info = live
+                .get(p)
+                .and_then(|s| s.handle.as_ref())
+                .map(|h| h.shared.info.borrow().clone())
+                .ok_or_else(|| SupervisorError::State(format!("parent {p:?} is not running")))?;
+            let children = live
+                .values()
+                .filter(|s| s.parent.as_deref() == Some(p))
+                .count();
+            if children >= info.tree.max_children as usize {
+                return Err(SupervisorError::LimitReached(format!(
+                    "max_children: {:?} already has {children} live child(ren) and may have at most {}; stop one first",
+                    info.name, info.tree.max_children
+                )));
+            }
+        }
         live.insert(
             id.to_string(),
             Slot {
                 name: name.to_string(),
+                parent: parent.map(str::to_string),
                 handle: None,
             },
         );
@@ -61,6 +87,17 @@ impl Supervisor {
     ) -> Result<InstanceInfo, SupervisorError> {
         let cfg = &self.inner.cfg;
         let (workspace, workspace_name) = plan.workspace_path(&self.inner.paths, id)?;
+        // Its own MCP token (revoked when it ends), for reaching corral's /mcp.
+        let mcp = self.inner.mcp_url.get().map(|url| {
+            let (token, digest) = self.inner.tokens.issue(id);
+            (
+                crate::agent::launch::McpAccess {
+                    url: url.clone(),
+                    token,
+                },
+                digest,
+            )
+        });
         // Agents: seed their private config dir (keyed by workspace, so a resumed agent finds
         // its conversation) and get their command line and environment.
         let agent_dir =
@@ -75,18 +112,26 @@ impl Supervisor {
                     .canonicalize()
                     .unwrap_or_else(|_| workspace.clone());
                 Some(
-                    crate::agent::launch::prepare(cfg, a, &agent_dir, id, &ws, &exe).map_err(
-                        |e| {
-                            SupervisorError::Backend(format!(
-                                "preparing {}: {e}",
-                                agent_dir.display()
-                            ))
-                        },
-                    )?,
+                    crate::agent::launch::prepare(
+                        cfg,
+                        a,
+                        &agent_dir,
+                        id,
+                        &ws,
+                        &exe,
+                        mcp.as_ref().map(|(m, _)| m),
+                    )
+                    .map_err(|e| {
+                        SupervisorError::Backend(format!("preparing {}: {e}", agent_dir.display()))
+                    })?,
                 )
             }
         };
         let mut env = plan.instance_env(name, id);
+        if let Some((m, _)) = &mcp {
+            env.insert("CORRAL_MCP_URL".into(), m.url.clone());
+            env.insert(crate::agent::launch::MCP_TOKEN_VAR.into(), m.token.clone());
+        }
         let argv = match &agent_prep {
             Some(p) => {
                 for (k, v) in &p.env {
@@ -138,7 +183,7 @@ impl Supervisor {
             name: name.to_string(),
             kind: plan.kind,
             backend: plan.backend,
-            parent_id: None,
+            parent_id: plan.parent_id.clone(),
             state: StateName::Starting,
             reason: None,
             reason_detail: None,
@@ -166,6 +211,7 @@ impl Supervisor {
             mode: plan.agent.as_ref().map(|a| a.mode.as_str().to_string()),
             model: plan.agent.as_ref().and_then(|a| a.model.clone()),
             session_id: plan.agent.as_ref().and_then(|a| a.session_id.clone()),
+            tree: plan.tree.clone(),
         };
         let spec_json = plan.spec_json();
         let ev = self.event(
@@ -177,6 +223,8 @@ impl Supervisor {
                 "argv": info.argv,
                 "env_keys": info.env_keys,
                 "workspace": info.workspace,
+                "parent_id": info.parent_id,
+                "depth": info.tree.depth,
             }),
         );
         let ev = match self
@@ -192,6 +240,12 @@ impl Supervisor {
             }
         };
         self.inner.announce(ev);
+        if let Some((_, digest)) = mcp {
+            self.inner
+                .store
+                .set_token_sha256(id.to_string(), Some(digest))
+                .await?;
+        }
 
         let spec = backend::LaunchSpec {
             argv: prepared.argv.clone(),

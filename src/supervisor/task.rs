@@ -57,11 +57,13 @@ pub(crate) enum Ctl {
         max_tokens: Option<u64>,
         reply: oneshot::Sender<Result<InstanceInfo, SupervisorError>>,
     },
-    /// A cap outside the instance (the fleet's) was reached.
+    /// A cap outside the instance (the fleet's, an ancestor's) was reached.
     CapReached {
         cap: &'static str,
         reason: ReasonCode,
     },
+    /// Its place in the tree (see `tree.rs`).
+    Tree(super::tree::TreeCtl),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -245,9 +247,10 @@ impl Task {
             self.refuse(ctl);
         }
         self.inner.remove_live(&self.info.id);
+        self.inner.after_end(&self.info);
     }
 
-    fn sync_info(&mut self) {
+    pub(super) fn sync_info(&mut self) {
         self.info.state = self.state.name();
         self.info.reason = self.state.reason();
         if let Some(st) = self.state.exit_status() {
@@ -410,6 +413,7 @@ impl Task {
                 let _ = reply.send(r);
             }
             Ctl::CapReached { cap, reason } => self.cap_reached(cap, reason).await,
+            Ctl::Tree(t) => self.on_tree_ctl(t).await,
             Ctl::Interrupt { reply } => {
                 let r = if self.state.is_ended() || matches!(self.state, State::Stopping { .. }) {
                     Err(self.rejected(Rejected::Stopping))
@@ -472,7 +476,7 @@ impl Task {
             Ctl::SetBudget { reply, .. } => {
                 let _ = reply.send(Err(err()));
             }
-            Ctl::CapReached { .. } => {}
+            Ctl::CapReached { .. } | Ctl::Tree(_) => {}
         }
     }
 

@@ -158,6 +158,11 @@ impl TestDaemon {
         self.dir.path().join("daemon.log")
     }
 
+    /// What the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// Starts the daemon (again) and waits for its address file.
     pub fn launch(&mut self) {
         let daemon_file = self.state_dir().join("run/daemon.json");

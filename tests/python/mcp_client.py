@@ -14,7 +14,7 @@ from mcp.client.streamable_http import streamablehttp_client
 TOOLS = {
     "spawn_agent", "send_message", "wait_for_reply", "get_output", "get_instance",
     "list_instances", "interrupt", "terminate", "resume", "set_budget", "get_usage",
-    "list_files", "read_file", "attach_command",
+    "list_files", "read_file", "attach_command", "reply_to_parent", "read_inbox",
 }
 
 passed = 0
@@ -45,7 +45,7 @@ async def main(url, token):
             check(init.serverInfo.name == "corral", "server identifies as corral")
             check(get_session_id() is not None, "the server issued a session id")
             tools = (await s.list_tools()).tools
-            check({t.name for t in tools} == TOOLS, "exactly the 14 tools are listed")
+            check({t.name for t in tools} == TOOLS, "exactly the 16 tools are listed")
             check(all(t.description and t.inputSchema.get("type") == "object" for t in tools),
                   "every tool has a description and an object schema")
 
