@@ -27,9 +27,14 @@ const CHEAP: &str = "10,1,0,0";
 const CLAUDE_CALL: f64 = 0.1179625;
 
 fn config(extra: &str) -> String {
+    config_on(0, extra)
+}
+
+/// With a fixed port: agents keep the /mcp URL they were given across a daemon restart.
+fn config_on(port: u16, extra: &str) -> String {
     let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bin");
     format!(
-        "[server]\nport = 0\ntoken = \"{OPERATOR}\"\n\
+        "[server]\nport = {port}\ntoken = \"{OPERATOR}\"\n\
          [agents.claude]\nbinary = \"{fx}/claude\"\napi_key = \"sk-ant-test-0123456789abcdefghijkl\"\n\
          [agents.codex]\nbinary = \"{fx}/codex\"\napi_key = \"sk-openai-test-0123456789\"\n\
          [agents]\nenter_delay_ms = 50\nstart_timeout_s = 20.0\n{extra}"
@@ -515,6 +520,16 @@ fn end_policies_cascade_or_orphan_the_children() {
         "{evs}"
     );
 
+    // the CLI: --parent, kill --cascade
+    d.ok(&["spawn", "--name", "p3", "--", "sleep", "600"]);
+    d.ok(&[
+        "spawn", "--name", "c3", "--parent", "p3", "--", "sleep", "600",
+    ]);
+    assert_eq!(d.instance("c3")["parent_id"], d.instance("p3")["id"]);
+    let out = d.ok(&["kill", "--cascade", "--grace", "1", "p3"]);
+    assert!(out.contains("(+1 descendant(s) stopped)"), "{out}");
+    assert_eq!(d.instance("c3")["reason"], "requested");
+
     // a parent must be live; limits are checked against the config
     let (status, v) = d.post(
         "/api/v1/instances",
@@ -572,4 +587,42 @@ __import__("time").sleep(600)
     );
     // the operator (the daemon's own UID here) is unaffected
     assert_eq!(d.get("/api/v1/instances").0, 200);
+}
+
+#[test]
+fn an_adopted_tree_keeps_its_tokens_and_its_shape() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut d = TestDaemon::start_with(&config_on(port, "[shutdown]\nagents = \"detach\"\n"));
+    d.spawn(
+        json!({"name": "lead", "kind": "claude", "env": {"FAKE_USAGE": CHEAP}, "wait_ready": true}),
+    );
+    agent_call(
+        &d,
+        "lead",
+        "spawn_agent",
+        json!({"name": "w", "kind": "claude", "wait_ready": true, "env": {"FAKE_USAGE": CHEAP}}),
+    )
+    .unwrap();
+    assert!(d.stop().success());
+    d.launch();
+    for n in ["lead", "w"] {
+        assert_eq!(d.instance(n)["state"], "ready", "{n} adopted");
+    }
+    // the same tokens work, with the same scope
+    let mine = agent_call(&d, "lead", "list_instances", json!({})).unwrap();
+    assert_eq!(mine["count"], 1, "{mine}");
+    assert_eq!(mine["instances"][0]["name"], "w");
+    refused(
+        agent_call(&d, "w", "get_instance", json!({"instance": "lead"})),
+        "in your subtree",
+    );
+    // and the end policy still holds
+    let (status, _) = d.post("/api/v1/instances/lead/stop", &json!({"grace_s": 1}));
+    assert_eq!(status, 200);
+    let w = d.wait_state("w", "killed", SECS20);
+    assert_eq!(w["reason"], "parent_ended", "{w}");
 }

@@ -155,6 +155,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
             workspace,
             limit,
             landlock,
+            parent,
             no_wait,
             json,
             argv,
@@ -180,6 +181,7 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                 wait_ready: !no_wait,
                 limits,
                 landlock: landlock.then_some(true),
+                parent_id: parent,
                 ..Default::default()
             };
             let info: InstanceInfo = c.json(c.req(Method::POST, "/instances").json(&req)).await?;
@@ -255,9 +257,10 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
             name,
             grace,
             no_wait,
+            cascade,
         } => {
-            let body = json!({ "grace_s": grace, "wait": !no_wait });
-            let info: InstanceInfo = c
+            let body = json!({ "grace_s": grace, "wait": !no_wait, "cascade": cascade });
+            let v: Value = c
                 .json(
                     c.req(
                         Method::POST,
@@ -266,11 +269,18 @@ async fn dispatch(c: &Client, cmd: Command) -> anyhow::Result<()> {
                     .json(&body),
                 )
                 .await?;
+            let below = v["cascade"].as_array().map_or(0, Vec::len);
+            let info: InstanceInfo = serde_json::from_value(v)?;
             println!(
-                "{}\t{}\t{}",
+                "{}\t{}\t{}{}",
                 info.name,
                 info.state.as_str(),
-                describe_end(&info)
+                describe_end(&info),
+                if cascade {
+                    format!("\t(+{below} descendant(s) stopped)")
+                } else {
+                    String::new()
+                }
             );
         }
         Command::Usage { all } => {

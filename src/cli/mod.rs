@@ -80,6 +80,10 @@ pub enum Command {
         /// Confine its writes to its workspace, HOME and tmp with Landlock.
         #[arg(long)]
         landlock: bool,
+        /// Start it as a child of this running instance (id or name): it counts against the
+        /// parent's max_children and ends with it under the parent's end policy.
+        #[arg(long)]
+        parent: Option<String>,
         /// Return as soon as the process runs instead of waiting until it is ready.
         #[arg(long)]
         no_wait: bool,
@@ -131,6 +135,9 @@ pub enum Command {
         /// Return without waiting for it to end.
         #[arg(long)]
         no_wait: bool,
+        /// Stop its whole subtree, deepest descendants first (always waits).
+        #[arg(long, conflicts_with = "no_wait")]
+        cascade: bool,
     },
     /// Tokens and cost per instance and for the fleet.
     Usage {
