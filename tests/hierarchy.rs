@@ -399,6 +399,33 @@ fn a_lead_agent_runs_a_scoped_tree_with_rolled_up_budgets() {
         .map(|n| d.instance(n)["cost_usd"].as_f64().unwrap())
         .sum();
     assert!((w1_sub - expect).abs() < 1e-9, "{sub}");
+    // A parent may give a child budget only out of what it has left, and never itself.
+    refused(
+        agent_call(
+            &d,
+            "lead",
+            "set_budget",
+            json!({"instance": "w1", "max_cost_usd": 100}),
+        ),
+        "left of its budget",
+    );
+    let w1_capped = agent_call(
+        &d,
+        "lead",
+        "set_budget",
+        json!({"instance": "w1", "max_cost_usd": 1.0}),
+    )
+    .unwrap();
+    assert_eq!(w1_capped["max_cost_usd"], 1.0);
+    refused(
+        agent_call(
+            &d,
+            "lead",
+            "set_budget",
+            json!({"instance": "lead", "max_cost_usd": 100}),
+        ),
+        "in your subtree",
+    );
     // An agent's fleet view is its subtree.
     let lead_usage: Value =
         serde_json::from_str(usage("lead").strip_prefix("MCP OK ").unwrap()).unwrap();

@@ -356,6 +356,19 @@ impl Supervisor {
             ));
         }
         let info = self.get(r).await?;
+        if let (Some(new), Some(parent)) = (max_cost_usd, info.parent_id.as_deref()) {
+            // A child never gets more than its ancestors have left.
+            if let Some((left, who)) = self.budget_left(parent) {
+                let spent = tree::subtree_spend(&info).0;
+                if new - spent > left + 1e-9 {
+                    return Err(SupervisorError::InvalidArgument(format!(
+                        "max_cost_usd = {new}: {:?} has spent ${spent:.4} and {who:?} has ${left:.4} left of its budget, so at most ${:.4}",
+                        info.name,
+                        spent + left
+                    )));
+                }
+            }
+        }
         if !info.kind.is_agent() {
             return Err(SupervisorError::InvalidArgument(format!(
                 "instance {:?} is a command instance: it reports no token usage or cost, so a budget could not be enforced on it; budgets apply to claude and codex instances",
