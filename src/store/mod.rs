@@ -628,13 +628,12 @@ mod tests {
         drop(open_connection(&p2, "normal").unwrap());
     }
 
-    #[test]
-    fn a_v1_database_upgrades_and_keeps_its_data() {
+    /// Opens a database made from an old schema's SQL (migrating it) and reads one instance.
+    fn upgraded(sql: &str, id: &str) -> (tempfile::TempDir, Connection, InstanceInfo) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../../tests/fixtures/db/v1.sql"))
-            .unwrap();
+        conn.execute_batch(sql).unwrap();
         drop(conn);
         let conn = open_connection(&path, "full").unwrap();
         let v: i64 = conn
@@ -642,11 +641,18 @@ mod tests {
             .unwrap();
         assert_eq!(v, schema_version());
         let info = conn
-            .query_row("SELECT * FROM instances WHERE id = 'v1inst0001'", [], |r| {
+            .query_row("SELECT * FROM instances WHERE id = ?1", [id], |r| {
                 Ok(read_instance(r))
             })
             .unwrap()
             .unwrap();
+        (dir, conn, info)
+    }
+
+    #[test]
+    fn a_v1_database_upgrades_and_keeps_its_data() {
+        let (_dir, conn, info) =
+            upgraded(include_str!("../../tests/fixtures/db/v1.sql"), "v1inst0001");
         assert_eq!(info.name, "old-worker");
         assert_eq!(info.argv, ["sh", "-c", "echo hi"]);
         assert_eq!((info.pid_start, info.boot_id), (None, None));
@@ -658,23 +664,8 @@ mod tests {
 
     #[test]
     fn migrates_a_v3_database_with_agents_to_hierarchies() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v3.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../../tests/fixtures/db/v3.sql"))
-            .unwrap();
-        drop(conn);
-        let conn = open_connection(&path, "full").unwrap();
-        let v: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, schema_version());
-        let info = conn
-            .query_row("SELECT * FROM instances WHERE id = 'v3agent001'", [], |r| {
-                Ok(read_instance(r))
-            })
-            .unwrap()
-            .unwrap();
+        let (_dir, conn, info) =
+            upgraded(include_str!("../../tests/fixtures/db/v3.sql"), "v3agent001");
         assert_eq!(info.name, "old-agent");
         assert_eq!(info.tokens.cache_write, 17454);
         assert_eq!(info.tree, crate::model::TreeInfo::default(), "a root");
