@@ -347,7 +347,13 @@ fn a_lead_agent_runs_a_scoped_tree_with_rolled_up_budgets() {
     let usage = |name: &str| ask(&d, name, "mcp: get_usage {}");
     assert!(usage("lead").starts_with("MCP OK "));
     let first = ask(&d, "g2", "work");
-    assert!(first.contains("Hello from the fake Claude"), "{first}");
+    if !first.contains("Hello from the fake Claude") {
+        let evs = d.get("/api/v1/events?instance=g2").1;
+        panic!(
+            "g2's reply: {first:?}; output: {}; events: {evs}",
+            d.output("g2")
+        );
+    }
     assert_eq!(
         d.instance("lead")["state"],
         "ready",

@@ -330,10 +330,10 @@ impl Tail {
                 }
                 out
             }
-            Some("UserPromptSubmit") => {
-                self.turn_text.clear();
-                vec![]
-            }
+            // The transcript's own user line starts a turn's text: a UserPromptSubmit hook read
+            // after the transcript (a late wake-up reads both files at once) must not erase the
+            // reply that the transcript already gave.
+            Some("UserPromptSubmit") => vec![],
             Some("Stop") => vec![AgentEvent::TurnEnd {
                 reply: Some(self.turn_text.last().cloned().unwrap_or_default()),
                 error: None,
@@ -426,7 +426,12 @@ mod tests {
             .open(dir.path().join("hooks.jsonl"))
             .unwrap();
         use std::io::Write;
-        writeln!(f, "{{\"hook_event_name\":\"Stop\"}}").unwrap();
+        // a late wake-up reads the prompt's hook after the transcript's reply
+        write!(
+            f,
+            "{{\"hook_event_name\":\"UserPromptSubmit\"}}\n{{\"hook_event_name\":\"Stop\"}}\n"
+        )
+        .unwrap();
         let mut got = Vec::new();
         while got.len() < 3 {
             got.push(
