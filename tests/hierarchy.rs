@@ -273,6 +273,12 @@ fn a_lead_agent_runs_a_scoped_tree_with_rolled_up_budgets() {
         .find(|n| n["name"] == "w1")
         .unwrap();
     assert_eq!(names(&w1_node["children"]), ["g1"]);
+    let under_w1 = agent_call(&d, "lead", "list_instances", json!({"parent": "w1"})).unwrap();
+    assert_eq!(names(&under_w1["instances"]), ["g1"], "{under_w1}");
+    refused(
+        agent_call(&d, "w2", "list_instances", json!({"parent": "w1"})),
+        "in your subtree",
+    );
     // The operator sees everything; the list for the operator has all four.
     assert_eq!(d.get("/api/v1/instances").1.as_array().unwrap().len(), 4);
 
