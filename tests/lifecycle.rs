@@ -637,3 +637,38 @@ fn max_instances_is_enforced() {
     let err = d.fails(&["spawn", "--", "sleep", "100"]);
     assert!(err.contains("limits.max_instances = 2"), "{err}");
 }
+
+#[test]
+fn a_follower_that_falls_behind_catches_up_from_the_ring() {
+    // ~11 MB of numbered lines: more than the socket buffers between daemon and follower
+    // absorb, thousands of chunks (the queue holds 64), less than this ring: nothing may be lost.
+    let d = TestDaemon::start_with("[instance]\nring_bytes = 33554432\n");
+    d.spawn(json!({"name": "gush", "argv": ["sh", "-c", "read x; seq 1 1500000; read y"], "wait_ready": true}));
+    let mut follower = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&d.config)
+        .args(["logs", "-f", "gush"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads the follower's pipe while the instance writes: it falls behind.
+    d.ok(&["send", "gush", "go"]);
+    d.wait_output("gush", "\n1500000");
+    d.ok(&["send", "gush", "end"]);
+    let mut out = String::new();
+    use std::io::Read;
+    follower
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(follower.wait().unwrap().success());
+    assert!(!out.contains("skipped"), "the ring still held it all");
+    let numbers: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 1500000, "every line once, in order");
+    assert!(numbers.iter().enumerate().all(|(i, n)| *n == i as u32 + 1));
+}

@@ -144,11 +144,13 @@ pub async fn logs(
     let mut f = st.sup.follow(&r, q.tail_bytes.unwrap_or(64 * 1024)).await?;
     let tail = bytes::Bytes::from(std::mem::take(&mut f.tail));
     let rx = if q.follow { f.chunks.take() } else { None };
+    let catcher = f.catcher();
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(tail) });
     let body = match rx {
         None => Body::from_stream(head),
         Some(rx) => {
-            let rest = futures::stream::unfold((rx, f.from), |(mut rx, mut from)| async move {
+            let state = (rx, f.from, catcher);
+            let rest = futures::stream::unfold(state, |(mut rx, mut from, catcher)| async move {
                 loop {
                     match rx.recv().await {
                         Ok(c) => {
@@ -158,13 +160,28 @@ pub async fn logs(
                             }
                             let skip = from.saturating_sub(c.offset) as usize;
                             from = end;
-                            return Some((Ok(c.data.slice(skip..)), (rx, from)));
+                            return Some((Ok(c.data.slice(skip..)), (rx, from, catcher)));
                         }
+                        // Fell behind the chunk channel: catch up from the output ring, and
+                        // say so only when the ring too has dropped what was missed.
                         Err(RecvError::Lagged(n)) => {
-                            let note = format!(
-                                "\n[corral: {n} output chunks skipped: the reader was too slow]\n"
+                            tracing::debug!(
+                                chunks = n,
+                                "a follower fell behind; catching up from the ring"
                             );
-                            return Some((Ok(bytes::Bytes::from(note)), (rx, from)));
+                            let Some((start, data)) = catcher.catch_up(from) else {
+                                continue;
+                            };
+                            let mut out = Vec::new();
+                            if start > from {
+                                out.extend_from_slice(
+                                    format!("\n[corral: {} output bytes skipped: the reader was too slow]\n", start - from)
+                                        .as_bytes(),
+                                );
+                            }
+                            from = start + data.len() as u64;
+                            out.extend_from_slice(&data);
+                            return Some((Ok(bytes::Bytes::from(out)), (rx, from, catcher)));
                         }
                         Err(RecvError::Closed) => return None,
                     }

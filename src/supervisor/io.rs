@@ -4,6 +4,7 @@
 //! store and the instance log.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,7 +12,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::output::{last_lines, read_log_tail, strip_ansi, Chunk};
-use super::task::{self, lock, Ctl};
+use super::task::{self, lock, Ctl, Shared};
 use super::{ended, files, not_found, plan, Handle, Supervisor, SupervisorError, TurnStatus};
 use crate::model::{BackendKind, Event, InstanceInfo, StateName};
 
@@ -51,6 +52,30 @@ pub struct Follow {
     pub from: u64,
     pub chunks: Option<broadcast::Receiver<Chunk>>,
     pub info: Option<watch::Receiver<InstanceInfo>>,
+    /// The live instance's output ring, for a follower that fell behind the chunk channel
+    /// (weak: holding it would keep the chunk channel open after the instance ended).
+    ring: Option<Weak<Shared>>,
+}
+
+impl Follow {
+    /// The output from `from` on that the ring still holds, with the offset it starts at (past
+    /// `from` when the ring has already dropped some): a lagging follower catches up from it.
+    pub fn catch_up(&self, from: u64) -> Option<(u64, Vec<u8>)> {
+        let shared = self.ring.as_ref()?.upgrade()?;
+        let ring = lock(&shared.ring);
+        Some(ring.range(from, ring.total()))
+    }
+
+    /// A handle that can catch up after the `Follow` itself is taken apart.
+    pub fn catcher(&self) -> Follow {
+        Follow {
+            tail: Vec::new(),
+            from: self.from,
+            chunks: None,
+            info: None,
+            ring: self.ring.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,6 +297,7 @@ impl Supervisor {
                 from,
                 chunks: Some(chunks),
                 info: Some(h.shared.info.subscribe()),
+                ring: Some(Arc::downgrade(&h.shared)),
             });
         }
         let info = self.get(r).await?;
@@ -281,6 +307,7 @@ impl Supervisor {
             from: 0,
             chunks: None,
             info: None,
+            ring: None,
         })
     }
 

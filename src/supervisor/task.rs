@@ -96,6 +96,9 @@ pub struct TurnRecord {
     pub error: Option<String>,
 }
 
+/// Output chunks queued for live followers.
+const CHUNKS_QUEUED: usize = 64;
+
 /// Turns remembered in memory for `wait` (older ones are in the store).
 const TURNS_KEPT: usize = 256;
 
@@ -115,7 +118,9 @@ impl Shared {
             info: watch::Sender::new(info),
             turn_epoch: watch::Sender::new(0),
             ring: Mutex::new(Ring::new(ring_bytes)),
-            chunks: broadcast::channel(1024).0,
+            // Followers that fall further behind catch up from the ring (see `Follow`): each
+            // slot costs memory per instance whether used or not (1024 slots: ~40 KiB).
+            chunks: broadcast::channel(CHUNKS_QUEUED).0,
             turns: Mutex::new(VecDeque::new()),
         }
     }
