@@ -187,6 +187,8 @@ pub struct InstanceConfig {
     /// Terminal size for new instances.
     pub cols: u16,
     pub rows: u16,
+    /// Seconds a `repo_url` clone (and the checkout of its `ref`) may take.
+    pub clone_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -330,6 +332,7 @@ impl Default for InstanceConfig {
             log_keep: 3,
             cols: 200,
             rows: 50,
+            clone_timeout_s: 300,
         }
     }
 }

@@ -156,6 +156,13 @@ impl Config {
                 "must be 1-600000",
             );
         }
+        if i.clone_timeout_s == 0 || i.clone_timeout_s > 86_400 {
+            return bad(
+                "instance.clone_timeout_s",
+                &i.clone_timeout_s,
+                "must be 1-86400",
+            );
+        }
         if i.settle_ms > 600_000 {
             return bad("instance.settle_ms", &i.settle_ms, "must be 0-600000");
         }

@@ -8,6 +8,7 @@
 //! read from the store. Nothing here knows about HTTP or MCP.
 
 mod agent_task;
+mod clone;
 pub mod files;
 pub mod instance;
 mod io;

@@ -268,6 +268,9 @@ impl Supervisor {
             .ok()
             .and_then(|p| p.to_str())
             .map(str::to_string);
+        // The workspace is the clone already: no second clone.
+        req.repo_url = None;
+        req.git_ref = None;
         req.wait_ready = false;
         if old.kind.is_agent() {
             req.resume_session = old.session_id.clone();
