@@ -75,7 +75,8 @@ pub struct AgentKindConfig {
     /// The credential given to this kind only (ANTHROPIC_API_KEY / OPENAI_API_KEY). Empty:
     /// taken from the daemon's own environment variable of that name, if set.
     pub api_key: String,
-    /// Claude: ANTHROPIC_BASE_URL (a proxy or a local mock). Empty: the CLI's default.
+    /// Claude: ANTHROPIC_BASE_URL; Codex: the `base_url` of a seeded Responses-API provider
+    /// (a proxy or a local mock). Empty: the CLI's default.
     pub base_url: String,
     /// Default model; a spawn may choose another.
     pub model: String,
