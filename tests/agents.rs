@@ -536,3 +536,28 @@ fn headless_agents_run_one_cli_call_per_message_and_keep_the_conversation() {
         "the aborted call cost nothing"
     );
 }
+
+#[test]
+fn interrupting_interactive_claude_ends_the_turn_and_clears_the_restored_prompt() {
+    // Claude Code 2.1.197, interrupted before it answered, runs no hook and puts the prompt
+    // back into its input box (the fake does the same): the turn ends on the interrupt, and
+    // the next message must not be appended to the old prompt.
+    let d = TestDaemon::start_with(&agents_config(""));
+    d.spawn(json!({"name": "ci", "kind": "claude", "wait_ready": true, "env": {"FAKE_DELAY_MS": "2000"}}));
+    let (status, v) = d.post(
+        "/api/v1/instances/ci/send",
+        &json!({"text": "long job\nsecond line"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_until("the turn running", SECS10, || {
+        d.output("ci").contains("Thinking").then_some(())
+    });
+    let (status, v) = d.post("/api/v1/instances/ci/interrupt", &json!({}));
+    assert_eq!(status, 200, "{v}");
+    let (_, out) = d.get("/api/v1/instances/ci/turns/1?timeout_s=10");
+    assert_eq!(out["done"], true, "{out}");
+    assert_eq!(out["error"], "interrupted", "{out}");
+    assert_eq!(d.instance("ci")["state"], "ready");
+    let out = send_wait(&d, "ci", "next");
+    assert_eq!(out["reply"], "Hello from the fake Claude. (next)", "{out}");
+}

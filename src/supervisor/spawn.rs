@@ -375,6 +375,8 @@ impl Supervisor {
             pending_prompt: prompt,
             warned: Default::default(),
             turn_start: Default::default(),
+            last_lines: 0,
+            input_dirty: 0,
         })
     }
 

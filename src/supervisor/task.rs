@@ -418,6 +418,9 @@ impl Task {
                         Ok(()) => {
                             let _ = self.inner.note(self.event("interrupt", json!({}))).await;
                             self.timers.last_activity = Instant::now();
+                            if self.agent.is_some() {
+                                self.agent_interrupted().await;
+                            }
                             Ok(())
                         }
                         Err(e) => Err(SupervisorError::Backend(format!(
