@@ -437,6 +437,36 @@ fn scenario(kind: &str, mode: &str, backend: &str) {
         mock.requests()
     );
     usage_matches(&d, &name, truth(api, &done));
+
+    // a message sent right after the interrupt, while the CLI is still winding down
+    mock.script(
+        api,
+        json!([{"reply": "never", "delay_ms": 120000}, {"reply": "Right here.", "usage": usage(200, 6, 0, 0)}]),
+    );
+    let (status, r) = d.post(
+        &format!("/api/v1/instances/{name}/send"),
+        &json!({"text": "slow again"}),
+    );
+    assert_eq!(status, 200, "{r}");
+    wait_until("the second slow request", TURN, || {
+        (mock.holding() == 1).then_some(())
+    });
+    let (status, r) = d.post(&format!("/api/v1/instances/{name}/interrupt"), &json!({}));
+    assert_eq!(status, 200, "{r}");
+    let out = send_wait(&d, &name, "right away");
+    assert_eq!(
+        out["reply"].as_str().map(str::trim),
+        Some("Right here."),
+        "{out}"
+    );
+    let done = mock.completed(api);
+    assert_eq!(
+        done.last().unwrap()["prompt"],
+        "right away",
+        "{:?}",
+        mock.requests()
+    );
+    usage_matches(&d, &name, truth(api, &done));
     let side: Vec<Value> = mock
         .requests()
         .into_iter()

@@ -173,7 +173,8 @@ fn content_text(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(blocks) => blocks
             .iter()
-            .filter(|b| b["type"] == "text")
+            // Claude's blocks are "text", Codex's AgentMessage items "Text"
+            .filter(|b| b["type"] == "text" || b["type"] == "Text")
             .filter_map(|b| b["text"].as_str())
             .collect::<Vec<_>>()
             .join("\n"),
@@ -254,6 +255,16 @@ pub fn codex_rollout(line: &str, model: &str, has_records: &mut bool) -> Vec<See
                 })]
             }
             Some("user_message") => vec![Seen::Prompt],
+            // 0.169.0 writes no `user_message` / `agent_message`: items of their own
+            Some("item_completed") if p["item"]["type"] == "UserMessage" => vec![Seen::Prompt],
+            Some("item_completed") if p["item"]["type"] == "AgentMessage" => {
+                let text = content_text(&p["item"]["content"]);
+                if text.is_empty() {
+                    vec![]
+                } else {
+                    vec![Seen::Text(text)]
+                }
+            }
             Some("agent_message") => p["message"]
                 .as_str()
                 .map(|t| vec![Seen::Text(t.into())])
@@ -416,6 +427,14 @@ mod tests {
             codex_rollout(CODEX_COUNT, "gpt-5.5", &mut none).len(),
             1,
             "used when there are no records"
+        );
+        // 0.169.0's prompt record (no `user_message` event)
+        let prompt = r#"{"timestamp":"t","ordinal":18,"type":"event_msg","payload":{"type":"item_completed","thread_id":"x","turn_id":"y","item":{"type":"UserMessage","id":"z","content":[{"type":"text","text":"hi"}]}}}"#;
+        assert_eq!(codex_rollout(prompt, "m", &mut has), vec![Seen::Prompt]);
+        let said = r#"{"timestamp":"t","ordinal":19,"type":"event_msg","payload":{"type":"item_completed","item":{"type":"AgentMessage","id":"m","content":[{"type":"Text","text":"R1"}]}}}"#;
+        assert_eq!(
+            codex_rollout(said, "m", &mut has),
+            vec![Seen::Text("R1".into())]
         );
         let done = r#"{"timestamp":"t","ordinal":28,"type":"event_msg","payload":{"type":"task_complete","turn_id":"x","last_agent_message":"Hi there"}}"#;
         assert_eq!(

@@ -38,6 +38,9 @@ pub enum AgentEvent {
     Session(String),
     /// Something the agent wants a human to see (Claude's Notification hook).
     Notice(String),
+    /// The agent took a prompt (Claude's UserPromptSubmit hook or transcript prompt line,
+    /// Codex's `user_message`): the Enter that submits a pasted message was not lost.
+    Submitted,
 }
 
 /// Keeps the watch alive; dropping it stops the watcher.
@@ -312,7 +315,7 @@ impl Tail {
             Seen::Session(s) => Some(AgentEvent::Session(s)),
             Seen::Prompt => {
                 self.turn_text.clear();
-                None
+                Some(AgentEvent::Submitted)
             }
             Seen::Text(t) => {
                 self.turn_text.push(t);
@@ -347,7 +350,7 @@ impl Tail {
             // The transcript's own prompt line starts the turn's text. This hook line may be
             // read after the whole turn's transcript (a fast reply lands in one scan), so it
             // must not clear the reply.
-            Some("UserPromptSubmit") => vec![],
+            Some("UserPromptSubmit") => vec![AgentEvent::Submitted],
             // The hook carries the reply (`last_assistant_message`, Claude Code 2.1.x); the
             // transcript's last text is the fallback.
             Some("Stop") => {
@@ -434,9 +437,10 @@ mod tests {
         // the whole turn's transcript is read before its UserPromptSubmit hook line
         t.map_seen(Seen::Prompt);
         t.map_seen(Seen::Text("answer".into()));
-        assert!(t
-            .hook(r#"{"hook_event_name":"UserPromptSubmit","prompt":"q"}"#)
-            .is_empty());
+        assert_eq!(
+            t.hook(r#"{"hook_event_name":"UserPromptSubmit","prompt":"q"}"#),
+            vec![AgentEvent::Submitted]
+        );
         let end = |reply: &str| AgentEvent::TurnEnd {
             reply: Some(reply.into()),
             error: None,
@@ -488,7 +492,7 @@ mod tests {
         use std::io::Write;
         writeln!(f, "{{\"hook_event_name\":\"Stop\"}}").unwrap();
         let mut got = Vec::new();
-        while got.len() < 3 {
+        while got.len() < 4 {
             got.push(
                 tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
                     .await
@@ -496,13 +500,14 @@ mod tests {
                     .unwrap(),
             );
         }
-        assert!(matches!(&got[0], AgentEvent::Usage(u) if u.key == "msg:m1"));
+        assert_eq!(got[0], AgentEvent::Submitted, "the prompt line");
+        assert!(matches!(&got[1], AgentEvent::Usage(u) if u.key == "msg:m1"));
         assert!(
-            matches!(&got[1], AgentEvent::Usage(u) if u.key == "msg:m1"),
+            matches!(&got[2], AgentEvent::Usage(u) if u.key == "msg:m1"),
             "duplicates are the store's to drop"
         );
         assert_eq!(
-            got[2],
+            got[3],
             AgentEvent::TurnEnd {
                 reply: Some("done!".into()),
                 error: None

@@ -65,6 +65,10 @@ pub struct AgentsConfig {
     /// Milliseconds an agent whose readiness is read off the screen (Codex's banner) must
     /// stay up after it before it counts as ready: the TUI draws before it takes input.
     pub ready_settle_ms: u64,
+    /// Milliseconds an interactive agent has to report a submitted message (Claude's
+    /// UserPromptSubmit hook or transcript line, Codex's rollout) before Enter is pressed
+    /// again (at most 3 times); 0 disables.
+    pub submit_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -272,6 +276,7 @@ impl Default for AgentsConfig {
             enter_delay_ms: 300,
             start_timeout_s: 60.0,
             ready_settle_ms: 500,
+            submit_check_ms: 2000,
         }
     }
 }

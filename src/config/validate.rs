@@ -99,6 +99,13 @@ impl Config {
                 "must be 0-60000",
             );
         }
+        if self.agents.submit_check_ms > 60_000 {
+            return bad(
+                "agents.submit_check_ms",
+                &self.agents.submit_check_ms,
+                "must be 0-60000",
+            );
+        }
         if self.agents.enter_delay_ms > 10_000 {
             return bad(
                 "agents.enter_delay_ms",

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::instance::{next, Input, State};
@@ -34,12 +33,8 @@ pub(crate) struct AgentLink {
     pub warned: HashSet<&'static str>,
     /// Cost and tokens when the running turn began (its delta is the turn's usage).
     pub turn_start: (f64, Tokens),
-    /// Lines of the last message pasted.
-    pub last_lines: usize,
-    /// Lines an interrupt may have put back into the TUI's input box: Claude Code 2.1.x
-    /// restores an interrupted prompt there (when nothing was answered yet), and the next
-    /// paste would be appended to it. Cleared before the next paste.
-    pub input_dirty: usize,
+    /// How messages are being typed into it (see `agent_input`).
+    pub input: super::agent_input::AgentInput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +93,9 @@ impl Task {
                     .inner
                     .note(self.event("notice", json!({ "message": message })))
                     .await;
+            }
+            AgentEvent::Submitted => {
+                self.timers.submit_deadline = None;
             }
             AgentEvent::Usage(rec) => self.on_usage(rec).await,
             AgentEvent::TurnEnd { reply, error } => self.on_turn_end(reply, error).await,
@@ -189,7 +187,7 @@ impl Task {
         if let Err(e) = self.control.interrupt().await {
             warn!(error = %e, "interrupting the turn at the cap failed");
         }
-        self.note_input_dirty();
+        self.note_interrupt();
         let turn = self.current_turn.take();
         if let Some(seq) = turn {
             self.set_turn_result(seq, None, Some(format!("stopped: {cap} reached")));
@@ -204,7 +202,10 @@ impl Task {
         }
     }
 
-    async fn on_turn_end(&mut self, reply: Option<String>, error: Option<String>) {
+    pub(crate) async fn on_turn_end(&mut self, reply: Option<String>, error: Option<String>) {
+        if self.late_turn_end(&error) {
+            return;
+        }
         let Some(seq) = self.current_turn.take() else {
             return;
         };
@@ -231,68 +232,11 @@ impl Task {
         self.finish_turn(seq, TurnStatus::Completed).await;
     }
 
-    fn set_turn_result(&self, seq: u64, reply: Option<String>, error: Option<String>) {
+    pub(crate) fn set_turn_result(&self, seq: u64, reply: Option<String>, error: Option<String>) {
         if let Some(t) = lock(&self.shared.turns).iter_mut().find(|t| t.seq == seq) {
             t.reply = reply;
             t.error = error;
         }
-    }
-
-    /// Interactive Claude: whether the TUI may hold an interrupted prompt in its input box.
-    fn restores_prompts(&self) -> bool {
-        self.info.kind == crate::model::Kind::Claude
-            && self.info.mode.as_deref() == Some("interactive")
-    }
-
-    /// After Ctrl-C during a turn: the next paste must first empty the input box.
-    fn note_input_dirty(&mut self) {
-        if self.current_turn.is_some() && self.restores_prompts() {
-            if let Some(a) = self.agent.as_mut() {
-                a.input_dirty = a.last_lines.max(1);
-            }
-        }
-    }
-
-    /// The interrupt key reached the agent. Interactive Claude leaves no trace of an
-    /// interrupted turn (no Stop hook; before any answer not even a transcript line), so the
-    /// turn ends here, as interrupted. Codex (`turn_aborted` in its rollout) and headless runs
-    /// (the runner's turn end) report it themselves.
-    pub(crate) async fn agent_interrupted(&mut self) {
-        if !self.restores_prompts() || self.current_turn.is_none() {
-            return;
-        }
-        self.note_input_dirty();
-        self.timers.enter_deadline = None;
-        self.on_turn_end(None, Some("interrupted".into())).await;
-    }
-
-    /// Types a message into an agent: a bracketed paste now, Enter after `enter_delay_ms`.
-    pub(crate) async fn paste_message(
-        &mut self,
-        text: &str,
-        enter: bool,
-    ) -> Result<(), SupervisorError> {
-        let dirty = self.agent.as_ref().map_or(0, |a| a.input_dirty);
-        if dirty > 0 {
-            self.control.clear_input(dirty).await.map_err(|e| {
-                SupervisorError::Backend(format!("clearing the agent's input failed: {e}"))
-            })?;
-            if let Some(a) = self.agent.as_mut() {
-                a.input_dirty = 0;
-            }
-        }
-        self.control.paste(text).await.map_err(|e| {
-            SupervisorError::Backend(format!("pasting into the terminal failed: {e}"))
-        })?;
-        if enter {
-            let delay = std::time::Duration::from_millis(self.inner.cfg.agents.enter_delay_ms);
-            self.timers.enter_deadline = Some(Instant::now() + delay);
-        }
-        if let Some(a) = self.agent.as_mut() {
-            a.turn_start = (self.info.cost_usd, self.info.tokens);
-            a.last_lines = text.lines().count().max(1);
-        }
-        Ok(())
     }
 
     /// Changes the instance's caps; a paused instance under its new caps resumes.

@@ -115,6 +115,8 @@ impl Supervisor {
             quiet_deadline: None,
             kill_deadline: None,
             enter_deadline: None,
+            submit_deadline: None,
+            paste_deadline: None,
             last_activity,
             idle_armed: true,
         };

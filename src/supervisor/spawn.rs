@@ -295,6 +295,8 @@ impl Supervisor {
             quiet_deadline: None,
             kill_deadline: None,
             enter_deadline: None,
+            submit_deadline: None,
+            paste_deadline: None,
             last_activity: now,
             idle_armed: false,
         };
@@ -375,8 +377,7 @@ impl Supervisor {
             pending_prompt: prompt,
             warned: Default::default(),
             turn_start: Default::default(),
-            last_lines: 0,
-            input_dirty: 0,
+            input: Default::default(),
         })
     }
 
