@@ -309,6 +309,12 @@ pub struct SpawnRequest {
     pub env: BTreeMap<String, String>,
     /// An existing directory name under the workspace root to run in; default a fresh one.
     pub workspace: Option<String>,
+    /// A git repository to clone into the fresh workspace (not with `workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    /// With `repo_url`: the branch, tag or commit to check out (default: the remote's HEAD).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     pub idle_timeout_s: Option<u64>,
     pub wall_timeout_s: Option<u64>,
     /// Regex on the output that marks the instance ready; default: first output or

@@ -536,3 +536,80 @@ fn headless_agents_run_one_cli_call_per_message_and_keep_the_conversation() {
         "the aborted call cost nothing"
     );
 }
+
+#[test]
+fn interrupting_interactive_claude_ends_the_turn_and_clears_the_restored_prompt() {
+    // Claude Code 2.1.197, interrupted before it answered, runs no hook and puts the prompt
+    // back into its input box (the fake does the same): the turn ends on the interrupt, and
+    // the next message must not be appended to the old prompt.
+    let d = TestDaemon::start_with(&agents_config(""));
+    d.spawn(json!({"name": "ci", "kind": "claude", "wait_ready": true, "env": {"FAKE_DELAY_MS": "2000"}}));
+    let (status, v) = d.post(
+        "/api/v1/instances/ci/send",
+        &json!({"text": "long job\nsecond line"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_until("the turn running", SECS10, || {
+        d.output("ci").contains("Thinking").then_some(())
+    });
+    let (status, v) = d.post("/api/v1/instances/ci/interrupt", &json!({}));
+    assert_eq!(status, 200, "{v}");
+    let (_, out) = d.get("/api/v1/instances/ci/turns/1?timeout_s=10");
+    assert_eq!(out["done"], true, "{out}");
+    assert_eq!(out["error"], "interrupted", "{out}");
+    assert_eq!(d.instance("ci")["state"], "ready");
+    let out = send_wait(&d, "ci", "next");
+    assert_eq!(out["reply"], "Hello from the fake Claude. (next)", "{out}");
+}
+
+#[test]
+fn a_message_sent_right_after_an_interrupt_waits_for_the_cli_to_settle() {
+    // The interrupted turn's end (Codex's turn_aborted, a headless runner's) can arrive after
+    // the next message was sent: it must not end the new turn, and the new message must not
+    // reach the CLI while it is still winding the old turn down.
+    let d = TestDaemon::start_with(&agents_config(""));
+    for (kind, mode, busy) in [
+        ("claude", "interactive", "Thinking"),
+        ("codex", "interactive", "Working"),
+        ("claude", "headless", "> long job"),
+        ("codex", "headless", "> long job"),
+    ] {
+        let name = format!("now-{kind}-{mode}");
+        d.spawn(json!({"name": name, "kind": kind, "mode": mode, "wait_ready": true, "env": {"FAKE_DELAY_MS": "1500"}}));
+        let (status, v) = d.post(
+            &format!("/api/v1/instances/{name}/send"),
+            &json!({"text": "long job"}),
+        );
+        assert_eq!(status, 200, "{v}");
+        wait_until("the turn running", SECS10, || {
+            d.output(&name).contains(busy).then_some(())
+        });
+        let (status, v) = d.post(&format!("/api/v1/instances/{name}/interrupt"), &json!({}));
+        assert_eq!(status, 200, "{v}");
+        let out = send_wait(&d, &name, "next");
+        let fake = if kind == "claude" { "Claude" } else { "Codex" };
+        assert_eq!(
+            out["reply"],
+            format!("Hello from the fake {fake}. (next)"),
+            "{name}: {out}"
+        );
+    }
+}
+
+#[test]
+fn an_enter_the_tui_drops_is_pressed_again() {
+    // The real TUIs lose an Enter that arrives while they finish starting up (seen with Claude
+    // Code 2.1.197 under load): corral presses Enter again until the agent reports the prompt.
+    let d = TestDaemon::start_with(&agents_config("submit_check_ms = 700\n"));
+    for kind in ["claude", "codex"] {
+        let name = format!("grace-{kind}");
+        d.spawn(json!({"name": name, "kind": kind, "wait_ready": true, "env": {"FAKE_ENTER_GRACE_MS": "1500"}}));
+        let out = send_wait(&d, &name, "hi");
+        let fake = if kind == "claude" { "Claude" } else { "Codex" };
+        assert_eq!(
+            out["reply"],
+            format!("Hello from the fake {fake}. (hi)"),
+            "{out}"
+        );
+    }
+}

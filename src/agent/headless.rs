@@ -216,10 +216,12 @@ pub fn main(args: &[String]) -> i32 {
                     a.resume,
                     &text,
                 );
-                first = false;
                 let (session, early) = run_turn(&a, &argv, &mut out, &mut input);
+                // Only a run that reported its session created it: one interrupted while
+                // the CLI was starting left nothing to resume.
                 if let Some(s) = session {
                     a.session = Some(s);
+                    first = false;
                 }
                 pending.extend(early);
             }

@@ -357,6 +357,17 @@ pub fn prepare(
                     m.url
                 ));
             }
+            if !ac.base_url.is_empty() {
+                // A provider of our own: the same Responses API at another address, with the
+                // instance's OPENAI_API_KEY as its bearer token. Top-level keys must precede
+                // the first table, so `model_provider` goes on top.
+                toml_text = format!(
+                    "model_provider = \"corral\"\n{toml_text}\n\
+                     [model_providers.corral]\nname = \"corral: agents.codex.base_url\"\n\
+                     base_url = {url}\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\n",
+                    url = toml::Value::String(ac.base_url.clone()),
+                );
+            }
             if !ac.config_toml.is_empty() {
                 toml_text.push('\n');
                 toml_text.push_str(&ac.config_toml);
@@ -581,5 +592,25 @@ mod tests {
         );
         assert_eq!(p.argv, ["codex"]);
         assert!(p.ready_pattern.is_some());
+        // agents.codex.base_url: a provider of corral's own at that address
+        cfg.agents.codex.config_toml.clear();
+        cfg.agents.codex.base_url = "http://127.0.0.1:9/v1".into();
+        prepare(
+            &cfg,
+            &plan,
+            dir.path(),
+            "i3",
+            Path::new("/w/x"),
+            Path::new("corral"),
+            None,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(dir.path().join("codex/config.toml")).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(v["model_provider"].as_str(), Some("corral"));
+        let p = &v["model_providers"]["corral"];
+        assert_eq!(p["base_url"].as_str(), Some("http://127.0.0.1:9/v1"));
+        assert_eq!(p["env_key"].as_str(), Some("OPENAI_API_KEY"));
+        assert_eq!(p["wire_api"].as_str(), Some("responses"));
     }
 }

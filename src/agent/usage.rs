@@ -1,6 +1,7 @@
 //! Usage records as the agents report them, and parsers for each source (agent-clis.md):
 //! Claude's `result` line (headless) and transcript `assistant` records (interactive); Codex's
-//! `turn.completed` (headless) and rollout `token_usage_record` / `token_count` (interactive).
+//! rollout `token_usage_record` / `token_count` (both modes: `turn.completed` of a resumed
+//! `codex exec` is the thread's running total).
 //! Parsers are tolerant: unknown fields and line types are ignored.
 
 use serde::Serialize;
@@ -35,20 +36,18 @@ pub fn claude_tokens(usage: &Value) -> Tokens {
     }
 }
 
-/// Codex's usage object → tokens. `input_tokens` includes cached reads and (we take it) cache
-/// writes; reasoning tokens are added to output unless the record says they are included.
-pub fn codex_tokens(usage: &Value, reasoning_included: bool) -> Tokens {
+/// Codex's usage object → tokens. `input_tokens` includes cached reads and cache writes, and
+/// `output_tokens` includes `reasoning_output_tokens`, as in the Responses API's usage: the
+/// real codex 0.169.0 copies the API's `input_tokens`, `cached_tokens`, `cache_write_tokens`,
+/// `output_tokens` and `reasoning_tokens` unchanged, its `total_tokens` is input + output,
+/// and its own "input" figure is `input_tokens - cached_input_tokens` (tests/realcli/README.md).
+pub fn codex_tokens(usage: &Value) -> Tokens {
     let input = u(usage, "input_tokens");
     let cached = u(usage, "cached_input_tokens");
     let written = u(usage, "cache_write_input_tokens");
-    let reasoning = if reasoning_included {
-        0
-    } else {
-        u(usage, "reasoning_output_tokens")
-    };
     Tokens {
         input: input.saturating_sub(cached).saturating_sub(written),
-        output: u(usage, "output_tokens") + reasoning,
+        output: u(usage, "output_tokens"),
         cache_write: written,
         cache_read: cached,
     }
@@ -174,7 +173,8 @@ fn content_text(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(blocks) => blocks
             .iter()
-            .filter(|b| b["type"] == "text")
+            // Claude's blocks are "text", Codex's AgentMessage items "Text"
+            .filter(|b| b["type"] == "text" || b["type"] == "Text")
             .filter_map(|b| b["text"].as_str())
             .collect::<Vec<_>>()
             .join("\n"),
@@ -182,8 +182,8 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-/// `codex exec --json` lines.
-pub fn codex_exec(line: &str, model: &str, turn_key: &str) -> Vec<Seen> {
+/// `codex exec --json` lines: the thread id, the reply and the turn's end (no usage).
+pub fn codex_exec(line: &str) -> Vec<Seen> {
     let Some(v) = parse(line) else { return vec![] };
     match v["type"].as_str() {
         Some("thread.started") => v["thread_id"]
@@ -194,19 +194,13 @@ pub fn codex_exec(line: &str, model: &str, turn_key: &str) -> Vec<Seen> {
             .as_str()
             .map(|t| vec![Seen::Text(t.into())])
             .unwrap_or_default(),
-        Some("turn.completed") => vec![
-            Seen::Usage(UsageRecord {
-                key: format!("turn:{turn_key}"),
-                model: model.to_string(),
-                tokens: codex_tokens(&v["usage"], false),
-                cost_usd: None,
-                source: "codex_turn",
-            }),
-            Seen::TurnEnd {
-                reply: None,
-                error: None,
-            },
-        ],
+        // Its usage is not a record of this turn: codex-cli 0.169.0 prints the thread's
+        // running total there (every earlier run of a resumed thread included). Usage comes
+        // from the rollout's per-call records instead (see `codex_rollout`).
+        Some("turn.completed") => vec![Seen::TurnEnd {
+            reply: None,
+            error: None,
+        }],
         Some("turn.failed") => vec![Seen::TurnEnd {
             reply: None,
             error: Some(
@@ -240,7 +234,7 @@ pub fn codex_rollout(line: &str, model: &str, has_records: &mut bool) -> Vec<See
             vec![Seen::Usage(UsageRecord {
                 key: format!("resp:{key}"),
                 model: model.to_string(),
-                tokens: codex_tokens(&p["usage"], false),
+                tokens: codex_tokens(&p["usage"]),
                 cost_usd: None,
                 source: "codex_rollout",
             })]
@@ -248,7 +242,6 @@ pub fn codex_rollout(line: &str, model: &str, has_records: &mut bool) -> Vec<See
         Some("event_msg") => match p["type"].as_str() {
             Some("token_count") if !*has_records && p["info"].is_object() => {
                 let info = &p["info"];
-                let included = info["last_usage_includes_reasoning"].as_bool() == Some(true);
                 vec![Seen::Usage(UsageRecord {
                     key: format!(
                         "tc:{}:{}",
@@ -256,12 +249,22 @@ pub fn codex_rollout(line: &str, model: &str, has_records: &mut bool) -> Vec<See
                         v["ordinal"]
                     ),
                     model: model.to_string(),
-                    tokens: codex_tokens(&info["last_token_usage"], included),
+                    tokens: codex_tokens(&info["last_token_usage"]),
                     cost_usd: None,
                     source: "codex_rollout",
                 })]
             }
             Some("user_message") => vec![Seen::Prompt],
+            // 0.169.0 writes no `user_message` / `agent_message`: items of their own
+            Some("item_completed") if p["item"]["type"] == "UserMessage" => vec![Seen::Prompt],
+            Some("item_completed") if p["item"]["type"] == "AgentMessage" => {
+                let text = content_text(&p["item"]["content"]);
+                if text.is_empty() {
+                    vec![]
+                } else {
+                    vec![Seen::Text(text)]
+                }
+            }
             Some("agent_message") => p["message"]
                 .as_str()
                 .map(|t| vec![Seen::Text(t.into())])
@@ -368,10 +371,17 @@ mod tests {
 
     #[test]
     fn codex_usage_splits_cached_input() {
-        let seen = codex_exec(CODEX_TURN, "gpt-5.5", "t1");
-        let Seen::Usage(u) = &seen[0] else { panic!() };
         assert_eq!(
-            u.tokens,
+            codex_exec(CODEX_TURN),
+            vec![Seen::TurnEnd {
+                reply: None,
+                error: None
+            }],
+            "turn.completed carries the thread's running total: not a usage record"
+        );
+        let t = codex_tokens(&serde_json::from_str::<Value>(CODEX_TURN).unwrap()["usage"]);
+        assert_eq!(
+            t,
             Tokens {
                 input: 9416 - 2313,
                 output: 60,
@@ -398,6 +408,16 @@ mod tests {
             10517,
             "the split adds up to the record's total"
         );
+        // reasoning tokens are part of output_tokens (codex's total_tokens = input + output)
+        let reasoning = serde_json::json!({"input_tokens": 9416, "cached_input_tokens": 1000,
+            "cache_write_input_tokens": 2313, "output_tokens": 60, "reasoning_output_tokens": 7,
+            "total_tokens": 9476});
+        let t = codex_tokens(&reasoning);
+        assert_eq!(
+            (t.input, t.output, t.cache_write, t.cache_read),
+            (6103, 60, 2313, 1000)
+        );
+        assert_eq!(t.total(), 9476);
         assert!(
             codex_rollout(CODEX_COUNT, "gpt-5.5", &mut has).is_empty(),
             "token_count repeats the record"
@@ -407,6 +427,14 @@ mod tests {
             codex_rollout(CODEX_COUNT, "gpt-5.5", &mut none).len(),
             1,
             "used when there are no records"
+        );
+        // 0.169.0's prompt record (no `user_message` event)
+        let prompt = r#"{"timestamp":"t","ordinal":18,"type":"event_msg","payload":{"type":"item_completed","thread_id":"x","turn_id":"y","item":{"type":"UserMessage","id":"z","content":[{"type":"text","text":"hi"}]}}}"#;
+        assert_eq!(codex_rollout(prompt, "m", &mut has), vec![Seen::Prompt]);
+        let said = r#"{"timestamp":"t","ordinal":19,"type":"event_msg","payload":{"type":"item_completed","item":{"type":"AgentMessage","id":"m","content":[{"type":"Text","text":"R1"}]}}}"#;
+        assert_eq!(
+            codex_rollout(said, "m", &mut has),
+            vec![Seen::Text("R1".into())]
         );
         let done = r#"{"timestamp":"t","ordinal":28,"type":"event_msg","payload":{"type":"task_complete","turn_id":"x","last_agent_message":"Hi there"}}"#;
         assert_eq!(

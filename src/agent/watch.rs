@@ -4,7 +4,7 @@
 //! - Claude: transcripts `claude/projects/**/*.jsonl` (subagent transcripts included) and the
 //!   hook log `hooks.jsonl` (SessionStart → ready, Stop → turn end, Notification → notice);
 //! - Codex: rollouts `codex/sessions/**/rollout-*.jsonl` (usage, session id, task_complete →
-//!   turn end).
+//!   turn end); in headless mode only their usage (the runner's turns file has the rest).
 //!
 //! Every wake-up rescans the files and reads only what was appended since the last read, whole
 //! lines only. Transcripts are read before the hook log, so when a Stop hook is seen, the
@@ -38,6 +38,9 @@ pub enum AgentEvent {
     Session(String),
     /// Something the agent wants a human to see (Claude's Notification hook).
     Notice(String),
+    /// The agent took a prompt (Claude's UserPromptSubmit hook or transcript prompt line,
+    /// Codex's `user_message`): the Enter that submits a pasted message was not lost.
+    Submitted,
 }
 
 /// Keeps the watch alive; dropping it stops the watcher.
@@ -70,9 +73,8 @@ struct Tail {
     turn_text: Vec<String>,
     /// Codex: rollouts that carry token_usage_record lines.
     has_records: HashMap<PathBuf, bool>,
-    /// Headless: turns seen in the turns file (keys Codex usage), and whether the current one
-    /// has ended (the runner's own end marker then only covers a CLI that died silently).
-    turns: u64,
+    /// Headless: whether the current turn has ended (the runner's own end marker then only
+    /// covers a CLI that died silently).
     ended: bool,
     /// Headless: the CLI's verdict on the running turn, reported when the runner is back at
     /// its prompt (its end marker), so the next message cannot arrive mid-turn.
@@ -107,7 +109,6 @@ pub fn spawn(
         offsets: HashMap::new(),
         turn_text: Vec::new(),
         has_records: HashMap::new(),
-        turns: 0,
         ended: false,
         verdict: None,
     };
@@ -181,6 +182,16 @@ impl Tail {
     fn scan(&mut self) -> Vec<AgentEvent> {
         let mut out = Vec::new();
         if self.spec.mode == Mode::Headless {
+            if self.spec.kind == Kind::Codex {
+                // Usage per model call from the rollout (keyed by response id), read before
+                // the turns file so it is in before the turn ends: `turn.completed` of
+                // `codex exec resume` is the thread's running total, not the turn's.
+                for seen in self.codex_rollouts() {
+                    if let Seen::Usage(u) = seen {
+                        out.push(AgentEvent::Usage(u));
+                    }
+                }
+            }
             let file = self.spec.hooks_file.clone();
             for l in self.new_lines(&file) {
                 out.extend(self.headless_line(&l));
@@ -189,22 +200,8 @@ impl Tail {
         }
         match self.spec.kind {
             Kind::Codex => {
-                let mut files = Vec::new();
-                jsonl_files(&self.spec.config_dir.join("sessions"), &mut files, &|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("rollout-"))
-                });
-                files.sort();
-                for f in files {
-                    let lines = self.new_lines(&f);
-                    let mut has = self.has_records.get(&f).copied().unwrap_or(false);
-                    for l in lines {
-                        for seen in codex_rollout(&l, &self.spec.model, &mut has) {
-                            out.extend(self.map_seen(seen));
-                        }
-                    }
-                    self.has_records.insert(f, has);
+                for seen in self.codex_rollouts() {
+                    out.extend(self.map_seen(seen));
                 }
             }
             _ => {
@@ -219,6 +216,27 @@ impl Tail {
                     out.extend(self.hook(&l));
                 }
             }
+        }
+        out
+    }
+
+    /// What the new lines of Codex's rollouts say, oldest file first.
+    fn codex_rollouts(&mut self) -> Vec<Seen> {
+        let mut files = Vec::new();
+        jsonl_files(&self.spec.config_dir.join("sessions"), &mut files, &|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rollout-"))
+        });
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            let lines = self.new_lines(&f);
+            let mut has = self.has_records.get(&f).copied().unwrap_or(false);
+            for l in lines {
+                out.extend(codex_rollout(&l, &self.spec.model, &mut has));
+            }
+            self.has_records.insert(f, has);
         }
         out
     }
@@ -259,7 +277,6 @@ impl Tail {
             Some("corral_ready") => return vec![AgentEvent::Ready("headless_runner")],
             Some("corral_turn_end") => {
                 self.ended = false;
-                self.turns += 1;
                 let (reply, error) = self.verdict.take().unwrap_or((
                     None,
                     Some("the CLI ended without a result (interrupted or failed)".into()),
@@ -277,7 +294,7 @@ impl Tail {
             _ => {}
         }
         let seen = if self.spec.kind == Kind::Codex {
-            codex_exec(line, &self.spec.model, &self.turns.to_string())
+            codex_exec(line)
         } else {
             claude_stream(line)
         };
@@ -298,7 +315,7 @@ impl Tail {
             Seen::Session(s) => Some(AgentEvent::Session(s)),
             Seen::Prompt => {
                 self.turn_text.clear();
-                None
+                Some(AgentEvent::Submitted)
             }
             Seen::Text(t) => {
                 self.turn_text.push(t);
@@ -330,14 +347,24 @@ impl Tail {
                 }
                 out
             }
-            // The transcript's own user line starts a turn's text: a UserPromptSubmit hook read
-            // after the transcript (a late wake-up reads both files at once) must not erase the
-            // reply that the transcript already gave.
-            Some("UserPromptSubmit") => vec![],
-            Some("Stop") => vec![AgentEvent::TurnEnd {
-                reply: Some(self.turn_text.last().cloned().unwrap_or_default()),
-                error: None,
-            }],
+            // The transcript's own prompt line starts the turn's text. This hook line may be
+            // read after the whole turn's transcript (a fast reply lands in one scan), so it
+            // must not clear the reply.
+            Some("UserPromptSubmit") => vec![AgentEvent::Submitted],
+            // The hook carries the reply (`last_assistant_message`, Claude Code 2.1.x); the
+            // transcript's last text is the fallback.
+            Some("Stop") => {
+                let from_hook = v["last_assistant_message"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string);
+                let reply = from_hook.or_else(|| self.turn_text.last().cloned());
+                self.turn_text.clear();
+                vec![AgentEvent::TurnEnd {
+                    reply: Some(reply.unwrap_or_default()),
+                    error: None,
+                }]
+            }
             Some("StopFailure") => vec![AgentEvent::TurnEnd {
                 reply: None,
                 error: Some(
@@ -389,6 +416,43 @@ mod tests {
     use super::*;
     use crate::agent::launch::Mode;
 
+    #[test]
+    fn a_fast_turn_keeps_its_reply_and_the_stop_hook_carries_it() {
+        let mut t = Tail {
+            spec: WatchSpec {
+                kind: Kind::Claude,
+                mode: Mode::Interactive,
+                agent_dir: "/nonexistent".into(),
+                config_dir: "/nonexistent/claude".into(),
+                hooks_file: "/nonexistent/hooks.jsonl".into(),
+                model: "claude-opus-4-8".into(),
+                session_id: None,
+            },
+            offsets: HashMap::new(),
+            turn_text: Vec::new(),
+            has_records: HashMap::new(),
+            ended: false,
+            verdict: None,
+        };
+        // the whole turn's transcript is read before its UserPromptSubmit hook line
+        t.map_seen(Seen::Prompt);
+        t.map_seen(Seen::Text("answer".into()));
+        assert_eq!(
+            t.hook(r#"{"hook_event_name":"UserPromptSubmit","prompt":"q"}"#),
+            vec![AgentEvent::Submitted]
+        );
+        let end = |reply: &str| AgentEvent::TurnEnd {
+            reply: Some(reply.into()),
+            error: None,
+        };
+        assert_eq!(t.hook(r#"{"hook_event_name":"Stop"}"#), vec![end("answer")]);
+        assert_eq!(
+            t.hook(r#"{"hook_event_name":"Stop","last_assistant_message":"from the hook"}"#),
+            vec![end("from the hook")],
+            "the hook's own copy of the reply wins"
+        );
+    }
+
     #[tokio::test]
     async fn claude_files_become_events_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -433,7 +497,7 @@ mod tests {
         )
         .unwrap();
         let mut got = Vec::new();
-        while got.len() < 3 {
+        while got.len() < 5 {
             got.push(
                 tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
                     .await
@@ -441,17 +505,20 @@ mod tests {
                     .unwrap(),
             );
         }
-        assert!(matches!(&got[0], AgentEvent::Usage(u) if u.key == "msg:m1"));
+        assert_eq!(got[0], AgentEvent::Submitted, "the prompt line");
+        assert!(matches!(&got[1], AgentEvent::Usage(u) if u.key == "msg:m1"));
         assert!(
-            matches!(&got[1], AgentEvent::Usage(u) if u.key == "msg:m1"),
+            matches!(&got[2], AgentEvent::Usage(u) if u.key == "msg:m1"),
             "duplicates are the store's to drop"
         );
+        assert_eq!(got[3], AgentEvent::Submitted, "the prompt's hook, read late");
         assert_eq!(
-            got[2],
+            got[4],
             AgentEvent::TurnEnd {
                 reply: Some("done!".into()),
                 error: None
-            }
+            },
+            "the late hook line did not erase the reply"
         );
     }
 }

@@ -243,6 +243,20 @@ impl Control {
         }
     }
 
+    /// Empties a TUI's multi-line input box of up to `lines` lines without submitting it:
+    /// Ctrl-U (delete to the start of the line) and Backspace (join with the line above) per
+    /// line. Both do nothing on an empty input, so this is safe when the box is already empty.
+    pub async fn clear_input(&self, lines: usize) -> io::Result<()> {
+        let n = lines.clamp(1, 2000);
+        match self {
+            Control::Pty { fd, .. } => pty::write_all(fd, &b"\x15\x7f".repeat(n)).await,
+            Control::Tmux { tmux, session } => {
+                let keys: Vec<&str> = ["C-u", "BSpace"].repeat(n);
+                tmux.send_keys(session, &keys).await
+            }
+        }
+    }
+
     /// The interrupt key: Ctrl-C through the terminal (the line discipline turns it into
     /// SIGINT for the foreground process group; a TUI may handle it itself).
     pub async fn interrupt(&self) -> io::Result<()> {

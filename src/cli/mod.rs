@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of its largest variant (spawn's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (as PID 1, under a tiny init loop: see `corral init`).
@@ -71,8 +73,15 @@ pub enum Command {
         #[arg(long, short, value_name = "KEY=VALUE")]
         env: Vec<String>,
         /// Run in this existing directory under the workspace root.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "repo_url")]
         workspace: Option<String>,
+        /// Clone this git repository into the fresh workspace first (https://, ssh://,
+        /// user@host:path, file:///path or an absolute path).
+        #[arg(long, value_name = "URL")]
+        repo_url: Option<String>,
+        /// With --repo-url: the branch, tag or commit to check out.
+        #[arg(long = "ref", value_name = "REF", requires = "repo_url")]
+        git_ref: Option<String>,
         /// Lower a resource limit for this instance (repeatable), e.g. memory_max=512M,
         /// pids_max=64, cpu_max=0.5, nofile=1024, fsize=100M, cpu_s=600.
         #[arg(long, value_name = "KEY=VALUE")]

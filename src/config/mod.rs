@@ -65,6 +65,10 @@ pub struct AgentsConfig {
     /// Milliseconds an agent whose readiness is read off the screen (Codex's banner) must
     /// stay up after it before it counts as ready: the TUI draws before it takes input.
     pub ready_settle_ms: u64,
+    /// Milliseconds an interactive agent has to report a submitted message (Claude's
+    /// UserPromptSubmit hook or transcript line, Codex's rollout) before Enter is pressed
+    /// again (at most 3 times); 0 disables.
+    pub submit_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -75,7 +79,8 @@ pub struct AgentKindConfig {
     /// The credential given to this kind only (ANTHROPIC_API_KEY / OPENAI_API_KEY). Empty:
     /// taken from the daemon's own environment variable of that name, if set.
     pub api_key: String,
-    /// Claude: ANTHROPIC_BASE_URL (a proxy or a local mock). Empty: the CLI's default.
+    /// Claude: ANTHROPIC_BASE_URL; Codex: the `base_url` of a seeded Responses-API provider
+    /// (a proxy or a local mock). Empty: the CLI's default.
     pub base_url: String,
     /// Default model; a spawn may choose another.
     pub model: String,
@@ -197,6 +202,8 @@ pub struct InstanceConfig {
     /// What happens to an instance's live children when it ends: `cascade` (they are
     /// stopped) or `orphan` (they keep running as the operator's). A spawn may choose.
     pub end_policy: String,
+    /// Seconds a `repo_url` clone (and the checkout of its `ref`) may take.
+    pub clone_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -280,6 +287,7 @@ impl Default for AgentsConfig {
             enter_delay_ms: 300,
             start_timeout_s: 60.0,
             ready_settle_ms: 500,
+            submit_check_ms: 2000,
         }
     }
 }
@@ -344,6 +352,7 @@ impl Default for InstanceConfig {
             cols: 200,
             rows: 50,
             end_policy: "cascade".into(),
+            clone_timeout_s: 300,
         }
     }
 }

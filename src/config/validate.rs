@@ -126,6 +126,13 @@ impl Config {
                 "must be 0-60000",
             );
         }
+        if self.agents.submit_check_ms > 60_000 {
+            return bad(
+                "agents.submit_check_ms",
+                &self.agents.submit_check_ms,
+                "must be 0-60000",
+            );
+        }
         if self.agents.enter_delay_ms > 10_000 {
             return bad(
                 "agents.enter_delay_ms",
@@ -181,6 +188,13 @@ impl Config {
                 "instance.turn_quiet_ms",
                 &i.turn_quiet_ms,
                 "must be 1-600000",
+            );
+        }
+        if i.clone_timeout_s == 0 || i.clone_timeout_s > 86_400 {
+            return bad(
+                "instance.clone_timeout_s",
+                &i.clone_timeout_s,
+                "must be 1-86400",
             );
         }
         if i.settle_ms > 600_000 {

@@ -27,6 +27,14 @@ pub struct SpawnArgs {
     /// Run in this existing directory directly under the workspace root (a plain name, e.g.
     /// the id of an earlier instance). Default: a fresh, empty workspace.
     pub workspace: Option<String>,
+    /// Clone this git repository into the instance's fresh workspace before it starts:
+    /// https://, http://, ssh://, user@host:path, file:///absolute/path or an absolute path.
+    /// Not together with `workspace`. Credentials in the URL are never shown back.
+    pub repo_url: Option<String>,
+    /// With repo_url: the branch, tag or commit to check out. Default: the remote's default
+    /// branch.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
     /// Stop the instance after this many seconds without output or input. 0 disables.
     /// Default from the server's config (1800).
     pub idle_timeout_s: Option<u64>,

@@ -17,7 +17,7 @@ use crate::supervisor::Caller;
 #[tool_router(vis = "pub(super)")]
 impl CorralMcp {
     #[tool(
-        description = "Start a new supervised instance (an agent or any command) in its own terminal, process group and workspace. Returns at once with its id, name and state (\"starting\"), unless wait_ready is true. Use send_message to give it work and get_output to read what it prints.",
+        description = "Start a new supervised instance (an agent or any command) in its own terminal, process group and workspace. Returns at once with its id, name and state (\"starting\"), unless wait_ready is true (with repo_url, once the repository is cloned into its workspace; a failed clone is an error carrying git's message). Use send_message to give it work and get_output to read what it prints.",
         input_schema = schema::<SpawnArgs>()
     )]
     async fn spawn_agent(
@@ -46,6 +46,8 @@ impl CorralMcp {
                 argv: a.argv,
                 env: a.env.unwrap_or_default(),
                 workspace: a.workspace,
+                repo_url: a.repo_url,
+                git_ref: a.git_ref,
                 idle_timeout_s: a.idle_timeout_s,
                 wall_timeout_s: a.wall_timeout_s,
                 ready_pattern: a.ready_pattern,

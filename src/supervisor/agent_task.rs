@@ -12,7 +12,6 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::instance::{next, Input, State};
@@ -34,6 +33,8 @@ pub(crate) struct AgentLink {
     pub warned: HashSet<&'static str>,
     /// Cost and tokens when the running turn began (its delta is the turn's usage).
     pub turn_start: (f64, Tokens),
+    /// How messages are being typed into it (see `agent_input`).
+    pub input: super::agent_input::AgentInput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,6 +90,9 @@ impl Task {
                     .inner
                     .note(self.event("notice", json!({ "message": message })))
                     .await;
+            }
+            AgentEvent::Submitted => {
+                self.timers.submit_deadline = None;
             }
             AgentEvent::Usage(rec) => self.on_usage(rec).await,
             AgentEvent::TurnEnd { reply, error } => self.on_turn_end(reply, error).await,
@@ -189,6 +193,7 @@ impl Task {
                 warn!(error = %e, "interrupting the turn at the cap failed");
             }
         }
+        self.note_interrupt();
         let turn = self.current_turn.take();
         if let Some(seq) = turn {
             self.set_turn_result(seq, None, Some(format!("stopped: {cap} reached")));
@@ -203,7 +208,10 @@ impl Task {
         }
     }
 
-    async fn on_turn_end(&mut self, reply: Option<String>, error: Option<String>) {
+    pub(crate) async fn on_turn_end(&mut self, reply: Option<String>, error: Option<String>) {
+        if self.late_turn_end(&error) {
+            return;
+        }
         let Some(seq) = self.current_turn.take() else {
             return;
         };
@@ -230,30 +238,11 @@ impl Task {
         self.finish_turn(seq, TurnStatus::Completed).await;
     }
 
-    fn set_turn_result(&self, seq: u64, reply: Option<String>, error: Option<String>) {
+    pub(crate) fn set_turn_result(&self, seq: u64, reply: Option<String>, error: Option<String>) {
         if let Some(t) = lock(&self.shared.turns).iter_mut().find(|t| t.seq == seq) {
             t.reply = reply;
             t.error = error;
         }
-    }
-
-    /// Types a message into an agent: a bracketed paste now, Enter after `enter_delay_ms`.
-    pub(crate) async fn paste_message(
-        &mut self,
-        text: &str,
-        enter: bool,
-    ) -> Result<(), SupervisorError> {
-        self.control.paste(text).await.map_err(|e| {
-            SupervisorError::Backend(format!("pasting into the terminal failed: {e}"))
-        })?;
-        if enter {
-            let delay = std::time::Duration::from_millis(self.inner.cfg.agents.enter_delay_ms);
-            self.timers.enter_deadline = Some(Instant::now() + delay);
-        }
-        if let Some(a) = self.agent.as_mut() {
-            a.turn_start = (self.info.cost_usd, self.info.tokens);
-        }
-        Ok(())
     }
 
     /// Changes the instance's caps; a paused instance under its new caps resumes.

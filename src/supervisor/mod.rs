@@ -7,7 +7,9 @@
 //! reads what the task publishes (snapshot, output ring, chunk broadcast). Ended instances are
 //! read from the store. Nothing here knows about HTTP or MCP.
 
+mod agent_input;
 mod agent_task;
+mod clone;
 pub mod files;
 pub mod instance;
 mod io;

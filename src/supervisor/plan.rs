@@ -30,6 +30,9 @@ pub struct Plan {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub workspace: Option<String>,
+    /// Clone this repository into the fresh workspace (validated; may hold credentials, so
+    /// shown only through `clone::redact`).
+    pub repo: Option<Repo>,
     pub idle_timeout_s: u64,
     pub wall_timeout_s: u64,
     pub ready_re: Option<regex::bytes::Regex>,
@@ -51,6 +54,13 @@ pub struct Plan {
     /// As requested, for `resume`.
     limits_req: Option<LimitsRequest>,
     landlock_req: Option<bool>,
+}
+
+/// A git repository to clone into the instance's fresh workspace.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub url: String,
+    pub git_ref: Option<String>,
 }
 
 fn invalid(msg: String) -> SupervisorError {
@@ -172,6 +182,29 @@ pub fn plan(
     if let Some(ws) = &req.workspace {
         check_workspace_name(ws)?;
     }
+    let repo = match (&req.repo_url, &req.git_ref) {
+        (Some(_), _) if req.workspace.is_some() => {
+            return Err(invalid(
+                "workspace and repo_url exclude each other: repo_url clones into a fresh workspace, workspace reuses an existing one".into(),
+            ))
+        }
+        (Some(url), r) => {
+            super::clone::validate_url(url).map_err(invalid)?;
+            if let Some(r) = r {
+                super::clone::validate_ref(r).map_err(invalid)?;
+            }
+            Some(Repo {
+                url: url.clone(),
+                git_ref: r.clone(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "ref applies to repo_url (the branch, tag or commit to check out)".into(),
+            ))
+        }
+        (None, None) => None,
+    };
     let turn_quiet_ms = req.turn_quiet_ms.unwrap_or(cfg.instance.turn_quiet_ms);
     if !(1..=600_000).contains(&turn_quiet_ms) {
         return Err(invalid(format!(
@@ -225,6 +258,7 @@ pub fn plan(
         argv,
         env: req.env,
         workspace: req.workspace,
+        repo,
         idle_timeout_s,
         wall_timeout_s,
         ready_re,
@@ -422,6 +456,9 @@ impl Plan {
             "argv": if self.agent.is_some() { Vec::new() } else { self.argv.clone() },
             "env": self.env,
             "workspace": self.workspace,
+            // for the record only (resume reuses the workspace); never with credentials
+            "repo_url": self.repo.as_ref().map(|r| super::clone::redact(&r.url)),
+            "ref": self.repo.as_ref().and_then(|r| r.git_ref.clone()),
             "idle_timeout_s": self.idle_timeout_s,
             "wall_timeout_s": self.wall_timeout_s,
             "ready_pattern": self.ready_pattern,

@@ -128,6 +128,8 @@ impl Supervisor {
             quiet_deadline: None,
             kill_deadline: None,
             enter_deadline: None,
+            submit_deadline: None,
+            paste_deadline: None,
             last_activity,
             idle_armed: true,
         };
@@ -283,6 +285,9 @@ impl Supervisor {
             .ok()
             .and_then(|p| p.to_str())
             .map(str::to_string);
+        // The workspace is the clone already: no second clone.
+        req.repo_url = None;
+        req.git_ref = None;
         req.wait_ready = false;
         let parent_live = req
             .parent_id

@@ -160,6 +160,33 @@ impl Supervisor {
                 IsolationError::Refused(m) => SupervisorError::SpawnFailed(m),
                 other => SupervisorError::Backend(other.to_string()),
             })?;
+        let cloned = match &plan.repo {
+            None => None,
+            Some(repo) => match self
+                .clone_repo(id, repo, &workspace, &workspace_name, &prepared)
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(msg) => {
+                    prepared.guard.release();
+                    // No half workspace: it was fresh (repo_url excludes an existing one).
+                    for dir in [
+                        workspace.clone(),
+                        self.inner.paths.homes_dir().join(&workspace_name),
+                        agent_dir.clone(),
+                    ] {
+                        if let Err(e) = crate::isolation::workspace::remove_tree(&dir) {
+                            warn!(%id, error = %e, "cleaning up after a failed clone");
+                        }
+                    }
+                    warn!(%id, %name, url = %clone::redact(&repo.url), error = %msg, "clone failed");
+                    return Err(SupervisorError::SpawnFailed(format!(
+                        "cloning {}: {msg}",
+                        clone::redact(&repo.url)
+                    )));
+                }
+            },
+        };
         if agent_prep.is_some() {
             // The agent writes its transcripts and hook lines there as the agent user.
             let (uid, gid) = (
@@ -214,19 +241,23 @@ impl Supervisor {
             tree: plan.tree.clone(),
         };
         let spec_json = plan.spec_json();
-        let ev = self.event(
-            &info,
-            "spawn",
-            json!({
-                "kind": info.kind.as_str(),
-                "backend": info.backend.as_str(),
-                "argv": info.argv,
-                "env_keys": info.env_keys,
-                "workspace": info.workspace,
-                "parent_id": info.parent_id,
-                "depth": info.tree.depth,
-            }),
-        );
+        let mut spawn_data = json!({
+            "kind": info.kind.as_str(),
+            "backend": info.backend.as_str(),
+            "argv": info.argv,
+            "env_keys": info.env_keys,
+            "workspace": info.workspace,
+            "parent_id": info.parent_id,
+            "depth": info.tree.depth,
+        });
+        if let (Some(repo), Some(c)) = (&plan.repo, &cloned) {
+            spawn_data["repo"] = json!({
+                "url": clone::redact(&repo.url),
+                "ref": repo.git_ref,
+                "commit": c.commit,
+            });
+        }
+        let ev = self.event(&info, "spawn", spawn_data);
         let ev = match self
             .inner
             .store
@@ -318,6 +349,8 @@ impl Supervisor {
             quiet_deadline: None,
             kill_deadline: None,
             enter_deadline: None,
+            submit_deadline: None,
+            paste_deadline: None,
             last_activity: now,
             idle_armed: false,
         };
@@ -340,6 +373,48 @@ impl Supervisor {
         Ok(info)
     }
 
+    /// Clones `repo` into the fresh workspace as the instance's user (see `clone.rs`).
+    async fn clone_repo(
+        &self,
+        id: &str,
+        repo: &plan::Repo,
+        workspace: &std::path::Path,
+        workspace_name: &str,
+        prepared: &crate::isolation::Prepared,
+    ) -> Result<clone::Cloned, String> {
+        let (uid, gid) = (
+            prepared.summary["uid"].as_u64().map(|u| u as u32),
+            prepared.summary["gid"].as_u64().map(|g| g as u32),
+        );
+        let me = nix::unistd::geteuid().as_raw();
+        let as_user = match (uid, gid) {
+            (Some(u), Some(g)) if me == 0 && u != 0 => Some((u, g)),
+            _ => None,
+        };
+        let paths = &self.inner.paths;
+        let started = std::time::Instant::now();
+        let home = paths.homes_dir().join(workspace_name);
+        let tmp = paths.agent_tmp_dir().join(id);
+        let c = clone::clone(&clone::CloneSpec {
+            url: &repo.url,
+            git_ref: repo.git_ref.as_deref(),
+            dest: workspace,
+            home: &home,
+            tmp: &tmp,
+            as_user,
+            timeout: Duration::from_secs(self.inner.cfg.instance.clone_timeout_s),
+        })
+        .await?;
+        // git keeps the directory's mode; say so anyway: a fresh workspace is 0700.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(workspace, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("restricting {}: {e}", workspace.display()))?;
+        }
+        info!(%id, url = %clone::redact(&repo.url), commit = ?c.commit, ms = started.elapsed().as_millis() as u64, "cloned the workspace");
+        Ok(c)
+    }
+
     /// Starts watching an agent's files and returns the link its task reads.
     pub(super) fn link_agent(
         &self,
@@ -356,6 +431,7 @@ impl Supervisor {
             pending_prompt: prompt,
             warned: Default::default(),
             turn_start: Default::default(),
+            input: Default::default(),
         })
     }
 

@@ -147,6 +147,10 @@ pub(crate) struct Timers {
     pub kill_deadline: Option<Instant>,
     /// Agents: when to press Enter after a paste.
     pub enter_deadline: Option<Instant>,
+    /// Interactive agents: when to press Enter again if the agent has not taken the prompt.
+    pub submit_deadline: Option<Instant>,
+    /// Agents: when to type a message held back while the TUI settles after an interrupt.
+    pub paste_deadline: Option<Instant>,
     pub last_activity: Instant,
     /// The idle timer runs once the instance is ready (a slow start is the start timeout's
     /// business, not idleness).
@@ -167,6 +171,8 @@ impl Timers {
             self.quiet_deadline,
             self.kill_deadline,
             self.enter_deadline,
+            self.submit_deadline,
+            self.paste_deadline,
         ]
         .into_iter()
         .flatten()
@@ -327,6 +333,7 @@ impl Task {
         if let Some(a) = &self.agent {
             a.watch.nudge();
         }
+        self.settling_output();
         if matches!(self.state, State::Busy) && self.agent.is_none() {
             self.timers.quiet_deadline = Some(Instant::now() + self.timers.quiet);
         }
@@ -427,6 +434,9 @@ impl Task {
                         Ok(()) => {
                             let _ = self.inner.note(self.event("interrupt", json!({}))).await;
                             self.timers.last_activity = Instant::now();
+                            if self.agent.is_some() {
+                                self.agent_interrupted().await;
+                            }
                             Ok(())
                         }
                         Err(e) => Err(SupervisorError::Backend(format!(
@@ -624,6 +634,15 @@ impl Task {
             if let Err(e) = self.control.send_text("", true).await {
                 warn!(error = %e, "pressing Enter failed");
             }
+            self.enter_pressed(false);
+        }
+        if due(self.timers.submit_deadline) {
+            self.timers.submit_deadline = None;
+            self.submit_overdue().await;
+        }
+        if due(self.timers.paste_deadline) {
+            self.timers.paste_deadline = None;
+            self.paste_held().await;
         }
         if due(self.timers.settle_deadline) {
             self.become_ready("settled").await;
