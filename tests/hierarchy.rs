@@ -390,6 +390,14 @@ fn a_lead_agent_runs_a_scoped_tree_with_rolled_up_budgets() {
             .as_array()
             .unwrap()
             .iter()
+            .any(|e| e["kind"] == "mcp_session" && e["data"]["client"] == "fake-cli"),
+        "the lead's MCP sessions are audited: {warned}"
+    );
+    assert!(
+        warned
+            .as_array()
+            .unwrap()
+            .iter()
             .any(|e| e["kind"] == "cap_warning"),
         "{warned}"
     );

@@ -363,6 +363,41 @@ fn scenario(kind: &str, mode: &str, backend: &str) {
     let want = truth(api, &mock.completed(api));
     assert_eq!(mock.completed(api).len(), 1, "{:?}", mock.requests());
     usage_matches(&d, &name, want);
+    // The CLI reached corral's /mcp with its own token (the daemon records the session and
+    // the client); Claude offers corral's tools to the model up front, Codex 0.169 defers MCP
+    // tools behind its `tool_search` tool.
+    let sessions: Vec<Value> = d
+        .get(&format!("/api/v1/events?instance={id}"))
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "mcp_session")
+        .cloned()
+        .collect();
+    let client = if kind == "claude" {
+        "claude-code"
+    } else {
+        "codex-mcp-client"
+    };
+    assert!(
+        sessions.iter().any(|e| e["data"]["client"] == client),
+        "{name}: no MCP session from {client} with the instance's token: {sessions:?}"
+    );
+    let offered = mock.completed(api)[0]["tool_names"].clone();
+    let offers = |want: &dyn Fn(&str) -> bool| {
+        offered
+            .as_array()
+            .is_some_and(|t| t.iter().any(|n| n.as_str().is_some_and(want)))
+    };
+    if kind == "claude" {
+        assert!(
+            offers(&|n| n == "mcp__corral__spawn_agent"),
+            "{name}: corral's MCP tools are not offered to the model: {offered}"
+        );
+    } else {
+        assert!(offers(&|n| n == "tool_search"), "{name}: {offered}");
+    }
 
     let out = send_wait(&d, &name, "and again");
     assert_eq!(

@@ -511,7 +511,11 @@ mod tests {
             matches!(&got[2], AgentEvent::Usage(u) if u.key == "msg:m1"),
             "duplicates are the store's to drop"
         );
-        assert_eq!(got[3], AgentEvent::Submitted, "the prompt's hook, read late");
+        assert_eq!(
+            got[3],
+            AgentEvent::Submitted,
+            "the prompt's hook, read late"
+        );
         assert_eq!(
             got[4],
             AgentEvent::TurnEnd {

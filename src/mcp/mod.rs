@@ -224,6 +224,14 @@ impl ServerHandler for CorralMcp {
             .get::<axum::http::request::Parts>()
             .and_then(|p| p.extensions.get::<Caller>().cloned());
         if let Some(who) = who {
+            if let Caller::Agent { id } = &who {
+                // Audit which agent connected with its token, and with what client.
+                let client = context
+                    .peer
+                    .peer_info()
+                    .map(|p| (p.client_info.name.clone(), p.client_info.version.clone()));
+                self.sup.note_mcp_session(id, client).await;
+            }
             self.sessions.add(who, context.peer);
         }
     }

@@ -548,6 +548,20 @@ impl Supervisor {
         Ok((list, unread))
     }
 
+    /// Records that an agent opened an MCP session with its own token (and its client).
+    pub async fn note_mcp_session(&self, id: &str, client: Option<(String, String)>) {
+        let Ok(info) = self.get(id).await else { return };
+        let (name, version) = client.unzip();
+        let ev = self.event(
+            &info,
+            "mcp_session",
+            json!({ "client": name, "client_version": version }),
+        );
+        if let Err(e) = self.inner.note(ev).await {
+            warn!(error = %e, "store write failed (mcp_session)");
+        }
+    }
+
     /// Inbox messages as they are posted (for MCP notifications).
     pub fn subscribe_inbox(&self) -> broadcast::Receiver<InboxMessage> {
         self.inner.inbox.subscribe()

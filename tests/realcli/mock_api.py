@@ -55,7 +55,7 @@ When a queue is empty, conversation requests get the default reply and usage.
 
 Each log entry: seq, api, path, role (conversation/side/count_tokens/other), model, stream,
 user_agent, session (X-Claude-Code-Session-Id or session-id header), prompt (last user
-text, 200 chars), tools (count), history (the assistant texts the request carries: the
+text, 200 chars), tools (count), tool_names, history (the assistant texts the request carries: the
 conversation so far), reply, usage (exactly what was sent), status, aborted
 (the client hung up mid-stream), message_id / response_id.
 """
@@ -124,6 +124,19 @@ class State:
 
 
 STATE = None
+
+
+def tool_names(tools):
+    """The names of the tools a request offers the model (MCP tools included)."""
+    out = []
+    for t in tools:
+        if isinstance(t, dict):
+            name = t.get("name") or (t.get("function") or {}).get("name")
+            if name:
+                out.append(name)
+            elif t.get("type"):
+                out.append(t["type"])  # e.g. Codex's tool_search, which defers MCP tools
+    return out
 
 
 def last_text_anthropic(body):
@@ -354,6 +367,7 @@ class Handler(BaseHTTPRequestHandler):
             "stream": bool(body.get("stream")), "user_agent": self.headers.get("user-agent"),
             "session": self.headers.get("x-claude-code-session-id"),
             "prompt": prompt[:200], "tools": len(tools), "reply": reply, "usage": usage,
+            "tool_names": tool_names(tools),
             "history": assistant_texts(body),
             "message_id": msg_id, "status": 200, "aborted": False,
         }
@@ -440,6 +454,7 @@ class Handler(BaseHTTPRequestHandler):
             "originator": self.headers.get("originator"),
             "session": self.headers.get("session-id") or self.headers.get("session_id"),
             "prompt": prompt[:200], "tools": len(body.get("tools") or []), "reply": reply,
+            "tool_names": tool_names(body.get("tools") or []),
             "history": assistant_texts(body),
             "usage": usage, "response_id": resp_id, "status": 200, "aborted": False,
         }
