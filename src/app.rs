@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -84,15 +83,10 @@ pub async fn run(
     });
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(async move {
-        // TCP_NODELAY: MCP answers go out as several writes (headers, SSE events); with Nagle
-        // and the client's delayed ACK each request waited ~40 ms (measured by corral-bench).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-        });
-        // The peer's address lets the guard tell agents' connections from the operator's.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        // TCP_NODELAY on every connection; the peer lets the guard tell agents' connections
+        // from the operator's.
+        let listener = http::NoDelay(listener);
+        let app = app.into_make_service_with_connect_info::<http::PeerConn>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
             .await

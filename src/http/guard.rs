@@ -181,12 +181,11 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
 fn from_an_agent(req: &Request, st: &AppState) -> bool {
     let Some(axum::extract::ConnectInfo(peer)) = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .get::<axum::extract::ConnectInfo<super::peer::PeerConn>>()
     else {
         return false;
     };
-    peer.ip().is_loopback()
-        && super::peer::tcp_peer_uid(*peer).is_some_and(|uid| st.sup.is_agent_uid(uid))
+    peer.uid().is_some_and(|uid| st.sup.is_agent_uid(uid))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ mod api;
 pub mod error;
 pub mod guard;
 mod peer;
+
+pub use peer::{NoDelay, PeerConn};
 mod status;
 
 use std::sync::Arc;

@@ -4,6 +4,64 @@
 //! configured.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A connection's peer: its address, and the owner of its socket once asked (looked up at most
+/// once per connection: reading `/proc/net/tcp` costs time in proportion to the host's sockets,
+/// and a request pays it only on a connection's first tokenless request).
+#[derive(Clone, Debug)]
+pub struct PeerConn {
+    pub addr: SocketAddr,
+    uid: Arc<OnceLock<Option<u32>>>,
+}
+
+impl PeerConn {
+    /// The UID owning the peer's socket (loopback peers only).
+    pub fn uid(&self) -> Option<u32> {
+        *self.uid.get_or_init(|| {
+            if self.addr.ip().is_loopback() {
+                tcp_peer_uid(self.addr)
+            } else {
+                None
+            }
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, NoDelay>> for PeerConn {
+    fn connect_info(stream: IncomingStream<'_, NoDelay>) -> Self {
+        PeerConn {
+            addr: *stream.remote_addr(),
+            uid: Default::default(),
+        }
+    }
+}
+
+/// The daemon's TCP listener: sets TCP_NODELAY on every connection (MCP answers go out as
+/// several writes; with Nagle and the client's delayed ACK each waited ~40 ms, measured by
+/// corral-bench).
+pub struct NoDelay(pub TcpListener);
+
+impl Listener for NoDelay {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let (stream, addr) = Listener::accept(&mut self.0).await;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Listener::local_addr(&self.0)
+    }
+}
 
 /// `/proc/net/tcp*` spells an address as native-endian 32-bit words in hex, then the port.
 fn proc_addr(a: SocketAddr) -> String {
