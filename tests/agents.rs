@@ -46,14 +46,6 @@ fn environ(pid: i64) -> Vec<String> {
         .collect()
 }
 
-fn events(d: &TestDaemon, name: &str) -> Vec<Value> {
-    d.get(&format!("/api/v1/events?instance={name}"))
-        .1
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn claude_replies_and_its_cost_matches_the_cli_in_both_backends() {
     let d = TestDaemon::start_with(&agents_config(""));
@@ -62,7 +54,8 @@ fn claude_replies_and_its_cost_matches_the_cli_in_both_backends() {
         let v = d
             .spawn(json!({"name": name, "kind": "claude", "backend": backend, "wait_ready": true}));
         assert_eq!(v["state"], "ready", "{v}");
-        let ready = events(&d, &name)
+        let ready = d
+            .events(&name)
             .into_iter()
             .find(|e| e["kind"] == "ready")
             .unwrap();
@@ -95,7 +88,8 @@ fn claude_replies_and_its_cost_matches_the_cli_in_both_backends() {
         assert!(env
             .iter()
             .any(|e| e == "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1"));
-        let turn_done = events(&d, &name)
+        let turn_done = d
+            .events(&name)
             .into_iter()
             .find(|e| e["kind"] == "turn_completed")
             .unwrap();
@@ -127,7 +121,8 @@ fn tool_steps_and_subagents_count_once_each() {
         close(v["cost_usd"].as_f64().unwrap(), want).then_some(v)
     });
     assert_eq!(v["tokens"]["input"], 3 * 1655 + 2 * 800);
-    let usage = events(&d, "steps")
+    let usage = d
+        .events("steps")
         .into_iter()
         .filter(|e| e["kind"] == "usage")
         .count();
@@ -297,7 +292,8 @@ fn a_cost_cap_warns_pauses_mid_turn_and_lifts_when_raised() {
         );
         c.cancel().await.unwrap();
     });
-    let kinds: Vec<String> = events(&d, "capped")
+    let kinds: Vec<String> = d
+        .events("capped")
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
@@ -504,7 +500,8 @@ fn headless_agents_run_one_cli_call_per_message_and_keep_the_conversation() {
                 close(v["cost_usd"].as_f64().unwrap(), 2.0 * CLAUDE_CALL),
                 "{v}"
             );
-            let priced: Vec<String> = events(&d, &name)
+            let priced: Vec<String> = d
+                .events(&name)
                 .iter()
                 .filter(|e| e["kind"] == "usage")
                 .map(|e| e["data"]["priced_by"].as_str().unwrap().to_string())

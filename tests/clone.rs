@@ -86,14 +86,6 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-fn events(d: &TestDaemon, name: &str) -> Vec<Value> {
-    d.get(&format!("/api/v1/events?instance={name}"))
-        .1
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn repo_url_clones_into_the_fresh_workspace_and_ref_checks_out() {
     let repo = repo_dir();
@@ -120,7 +112,8 @@ fn repo_url_clones_into_the_fresh_workspace_and_ref_checks_out() {
         assert_eq!(meta.uid(), corral.uid.as_raw(), "owned by the agent user");
         assert_eq!(meta.gid(), corral.gid.as_raw());
     }
-    let spawn = events(&d, "cl-main")
+    let spawn = d
+        .events("cl-main")
         .into_iter()
         .find(|e| e["kind"] == "spawn")
         .unwrap();

@@ -451,13 +451,7 @@ fn logs_follow_streams_until_the_instance_ends() {
     let d = TestDaemon::start();
     d.spawn(json!({"name": "talker", "argv": ["sh", "-c", "echo first; read x; echo second; read y; echo third"], "wait_ready": true}));
     d.wait_output("talker", "first");
-    let mut follower = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&d.config)
-        .args(["logs", "-f", "talker"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = d.follower("talker");
     d.ok(&["send", "talker", "a"]);
     d.ok(&["send", "talker", "b"]);
     d.wait_state("talker", "exited", SECS10);
@@ -644,13 +638,7 @@ fn a_follower_that_falls_behind_catches_up_from_the_ring() {
     // absorb, thousands of chunks (the queue holds 64), less than this ring: nothing may be lost.
     let d = TestDaemon::start_with("[instance]\nring_bytes = 33554432\n");
     d.spawn(json!({"name": "gush", "argv": ["sh", "-c", "read x; seq 1 1500000; read y"], "wait_ready": true}));
-    let mut follower = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&d.config)
-        .args(["logs", "-f", "gush"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = d.follower("gush");
     // Nobody reads the follower's pipe while the instance writes: it falls behind.
     d.ok(&["send", "gush", "go"]);
     d.wait_output("gush", "\n1500000");

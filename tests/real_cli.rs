@@ -367,13 +367,9 @@ fn scenario(kind: &str, mode: &str, backend: &str) {
     // the client); Claude offers corral's tools to the model up front, Codex 0.169 defers MCP
     // tools behind its `tool_search` tool.
     let sessions: Vec<Value> = d
-        .get(&format!("/api/v1/events?instance={id}"))
-        .1
-        .as_array()
-        .unwrap()
-        .iter()
+        .events(&id)
+        .into_iter()
         .filter(|e| e["kind"] == "mcp_session")
-        .cloned()
         .collect();
     let client = if kind == "claude" {
         "claude-code"

@@ -158,6 +158,25 @@ impl TestDaemon {
         self.dir.path().join("daemon.log")
     }
 
+    /// The events of one instance (id or name), oldest first.
+    pub fn events(&self, r: &str) -> Vec<Value> {
+        let (status, v) = self.get(&format!("/api/v1/events?instance={r}"));
+        assert_eq!(status, 200, "events of {r}: {v}");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// `corral logs -f NAME` as a child process with its stdout piped (not read until the
+    /// caller reads it).
+    pub fn follower(&self, name: &str) -> Child {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["logs", "-f", name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("corral logs -f")
+    }
+
     /// What the daemon logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
