@@ -459,14 +459,7 @@ fn logs_follow_streams_until_the_instance_ends() {
         follower.try_wait().ok().flatten()
     });
     assert!(status.success());
-    let mut out = String::new();
-    use std::io::Read;
-    follower
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = TestDaemon::follower_output(&mut follower);
     let (a, b, c) = (
         out.find("first").unwrap(),
         out.find("second").unwrap(),
@@ -643,14 +636,7 @@ fn a_follower_that_falls_behind_catches_up_from_the_ring() {
     d.ok(&["send", "gush", "go"]);
     d.wait_output("gush", "\n1500000");
     d.ok(&["send", "gush", "end"]);
-    let mut out = String::new();
-    use std::io::Read;
-    follower
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = TestDaemon::follower_output(&mut follower);
     assert!(follower.wait().unwrap().success());
     assert!(!out.contains("skipped"), "the ring still held it all");
     let numbers: Vec<u32> = out

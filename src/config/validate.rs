@@ -40,7 +40,11 @@ impl Config {
                 "server.token: must be at least 16 characters (value not shown)".into(),
             ));
         }
-        if self.server.token.starts_with("crl_") {
+        if self
+            .server
+            .token
+            .starts_with(crate::supervisor::TOKEN_PREFIX)
+        {
             return Err(ConfigError::Invalid(
                 "server.token: must not start with \"crl_\", the prefix of per-instance tokens (value not shown)".into(),
             ));

@@ -10,10 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::config::Config;
-use crate::supervisor::Caller;
-
-/// How per-instance tokens start (a configured operator token never should).
-const INSTANCE_TOKEN_PREFIX: &str = "crl_";
+use crate::supervisor::{Caller, TOKEN_PREFIX};
 
 /// Compares without an early exit on the first differing byte (the length is not secret).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -129,10 +126,7 @@ pub fn check(
         }
     }
     let given = presented_token(headers);
-    if let Some(t) = given
-        .as_deref()
-        .filter(|t| t.starts_with(INSTANCE_TOKEN_PREFIX))
-    {
+    if let Some(t) = given.as_deref().filter(|t| t.starts_with(TOKEN_PREFIX)) {
         return match token_caller(t) {
             Some(c) if is_mcp => Ok(c),
             Some(_) => Err(deny(

@@ -54,7 +54,7 @@ pub fn cap_level(used: f64, limit: Option<f64>) -> CapLevel {
 }
 
 /// The caps an instance is over (counting its subtree's spend), as (name, reason).
-fn over_caps(info: &InstanceInfo) -> Option<(&'static str, ReasonCode)> {
+pub(super) fn over_caps(info: &InstanceInfo) -> Option<(&'static str, ReasonCode)> {
     let (cost, tokens) = super::tree::subtree_spend(info);
     if cap_level(cost, info.max_cost_usd) == CapLevel::Reached {
         return Some(("max_cost_usd", ReasonCode::CostCap));

@@ -41,6 +41,7 @@ use task::{lock, Ctl, Shared, Timers};
 
 pub use io::{AttachInfo, Follow, OutputTail, TurnOutcome, MAX_OUTPUT_BYTES};
 pub use task::TurnStatus;
+pub use tokens::PREFIX as TOKEN_PREFIX;
 pub use tree::Caller;
 
 #[derive(Debug, thiserror::Error)]

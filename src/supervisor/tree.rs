@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::agent_task::{cap_level, CapLevel};
+use super::agent_task::over_caps;
 use super::task::{lock, Ctl, Task};
 use super::*;
 use crate::agent::prices::Tokens;
@@ -124,16 +124,12 @@ impl Inner {
         levels
     }
 
-    /// The first live ancestor (or the instance itself) whose USD cap its subtree reached.
+    /// The first live ancestor whose cap (USD or tokens) its subtree reached.
     pub fn capped_ancestor(&self, id: &str) -> Option<InstanceInfo> {
         self.live_ancestors(id)
             .into_iter()
             .map(|(_, i)| i)
-            .find(|i| {
-                cap_level(subtree_spend(i).0, i.max_cost_usd) == CapLevel::Reached
-                    || cap_level(subtree_spend(i).1 as f64, i.max_tokens.map(|t| t as f64))
-                        == CapLevel::Reached
-            })
+            .find(|i| over_caps(i).is_some())
     }
 
     /// Adds a descendant's usage to every live ancestor of `id`.
@@ -337,16 +333,11 @@ impl Supervisor {
         caller: &Caller,
         all: bool,
     ) -> Result<Vec<InstanceInfo>, SupervisorError> {
-        let list = self.list(all).await?;
         let Caller::Agent { id } = caller else {
-            return Ok(list);
+            return self.list(all).await;
         };
-        // Parents of every instance the store knows (ended ones link live ones to the caller).
-        let everyone = if all {
-            list.clone()
-        } else {
-            self.list(true).await?
-        };
+        // Every instance the store knows: ended ones link live ones to the caller.
+        let everyone = self.list(true).await?;
         let parents: HashMap<&str, Option<&str>> = everyone
             .iter()
             .map(|i| (i.id.as_str(), i.parent_id.as_deref()))
@@ -362,7 +353,11 @@ impl Supervisor {
             }
             false
         };
-        Ok(list.iter().filter(|i| under(i)).cloned().collect())
+        Ok(everyone
+            .iter()
+            .filter(|i| (all || i.state.is_live()) && under(i))
+            .cloned()
+            .collect())
     }
 
     /// The tree a new instance gets under `parent` (checked against the parent's limits and
@@ -430,8 +425,12 @@ impl Supervisor {
         }
         if let Some(capped) = self.inner.capped_ancestor_or_self(pid) {
             return Err(SupervisorError::LimitReached(format!(
-                "{:?} has reached its budget (max_cost_usd = {:?}, spent ${:.4} in its subtree); raise it with set_budget first",
-                capped.name, capped.max_cost_usd, subtree_spend(&capped).0
+                "{:?} has reached its budget (max_cost_usd = {:?}, max_tokens = {:?}; its subtree spent ${:.4} and {} tokens); raise it with set_budget first",
+                capped.name,
+                capped.max_cost_usd,
+                capped.max_tokens,
+                subtree_spend(&capped).0,
+                subtree_spend(&capped).1
             )));
         }
         if let (Some(want), Some((left, who))) = (max_cost_usd, self.budget_left(pid)) {
@@ -577,9 +576,8 @@ impl Supervisor {
 impl Inner {
     /// `id` itself or a live ancestor over a cap.
     fn capped_ancestor_or_self(&self, id: &str) -> Option<InstanceInfo> {
-        let own = self
-            .live_info(id)
-            .filter(|i| cap_level(subtree_spend(i).0, i.max_cost_usd) == CapLevel::Reached);
-        own.or_else(|| self.capped_ancestor(id))
+        self.live_info(id)
+            .filter(|i| over_caps(i).is_some())
+            .or_else(|| self.capped_ancestor(id))
     }
 }

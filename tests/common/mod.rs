@@ -177,6 +177,19 @@ impl TestDaemon {
             .expect("corral logs -f")
     }
 
+    /// Everything a `follower` printed, once it has ended.
+    pub fn follower_output(child: &mut Child) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .expect("piped stdout")
+            .read_to_string(&mut out)
+            .expect("read follower");
+        out
+    }
+
     /// What the daemon logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
